@@ -1,0 +1,3 @@
+from mosmoskit.cli import main
+
+raise SystemExit(main())

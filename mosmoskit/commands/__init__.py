@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m mosmoskit``; see :mod:`mosmoskit.cli`."""
