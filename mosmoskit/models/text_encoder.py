@@ -218,8 +218,8 @@ def name_to_phrase(name: str) -> str:
     words = [w for w in re.split(r"[_\-\s]+", name.strip()) if w]
     if not words:
         raise ValueError(f"organ name {name!r} has no words")
-    # "Liver" or "liver" -> "liver"; "L1", "IVC" carry meaning in their case.
-    words = [w.lower() if w[1:] == w[1:].lower() else w for w in words]
+    # "Liver" or "liver" -> "liver"; "L1", "T12", "IVC" carry meaning in their case.
+    words = [w.lower() if w.isalpha() and w[1:] == w[1:].lower() else w for w in words]
     sides = [w for w in words if w.lower() in SIDE_WORDS]
     rest = [w for w in words if w.lower() not in SIDE_WORDS]
     return " ".join(sides + rest)
