@@ -1,0 +1,493 @@
+"""The words the report parser knows, kept as data.
+
+Everything here is a readable table; the logic that uses it lives in :mod:`mosmoskit.reports.tags`.
+Patterns are Python regular-expression fragments matched against the *lower-cased* report, on word
+boundaries (``\\b`` is added around each term). Keep them small: a term is a word or a short phrase,
+optionally with ``s?`` / ``(?:...)`` for spelling variants. Start a term with a plain letter (not a
+group or ``[...]``) where you can: the compiled expression dispatches on the first letter, which is
+what makes the parser fast. Longer terms win over shorter ones that
+start at the same place ("splenic vein" before "splenic"), and open-ended patterns (those containing
+``[a-z]*``) are tried last, so a listed word always beats a catch-all.
+
+How to extend
+-------------
+* A new organ: add an entry to :data:`ORGANS` keyed by its canonical label name with the side removed
+  (``kidney_left`` and ``kidney_right`` both use ``"kidney"``; see
+  :func:`mosmoskit.labels.canonical_name`). Any label map whose names reduce to that key is tagged.
+* A label that should listen to several vocabulary entries (AMOS ``prostate_uterus``, a lung lobe that
+  inherits statements about the whole lung): add it to :data:`LABEL_CONCEPTS`.
+* A phrase that looks like an organ but is not ("renal artery", "portal venous phase"): add it to
+  :data:`IGNORED_TERMS`; matching it consumes the words so they never tag anything.
+
+Term kinds (the keys of an :data:`ORGANS` entry)
+-------------------------------------------------
+``noun``
+    The organ itself, singular ("kidney", "liver"). Negated as a whole ("no spleen is seen") it means
+    *absent*; used as a modifier of a finding ("no liver lesion") it means *present*.
+``plural``
+    Plural nouns of a paired organ ("kidneys", "adrenal glands"): they name both sides.
+``finding``
+    Adjectives and abnormality words ("hepatic", "splenomegaly", "hydronephrosis", "gallstones").
+    They describe an organ that is there, so they mean *present* even when negated
+    ("no splenomegaly").
+``removed``
+    Words that by themselves say the organ was removed or never formed ("splenectomy",
+    "renal agenesis"). They mean *absent*, unless a partial qualifier precedes them ("partial
+    nephrectomy") or they are negated ("no prior cholecystectomy": *present*).
+``partial``
+    Removal words that always leave organ behind ("hemicolectomy", "sleeve gastrectomy",
+    "hepatectomy"): *present*.
+``fossa``
+    The place where the organ sits ("gallbladder fossa", "renal fossa"): no tag on its own, *absent*
+    when called empty ("the left renal fossa is empty").
+``sided``
+    Terms that carry their own side (``{"lul": "left"}``) for paired structures.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+__all__ = [
+    "BOTH_SIDE_WORDS",
+    "CLAUSE_BREAKS",
+    "CONTINUATION_ABSENCE",
+    "EMPTY_WORDS",
+    "HEDGE_TRAILING",
+    "HEDGE_WORDS",
+    "IGNORED_TERMS",
+    "LABEL_ALIASES",
+    "LABEL_CONCEPTS",
+    "LIST_CONNECTORS",
+    "MULTI_ORGAN_PROCEDURES",
+    "NEGATION_CUES",
+    "ORGANS",
+    "PARTIAL_QUALIFIERS",
+    "POST_ABSENT",
+    "POST_FILLERS",
+    "POST_PARTIAL",
+    "POST_UNCERTAIN",
+    "PRE_FILLERS",
+    "REMOVAL_CUES",
+    "SIDE_WORDS",
+    "SOLITARY_PATTERNS",
+    "SIDE_ANAPHORA",
+    "SIDE_POST_PATTERNS",
+    "TERM_KINDS",
+]
+
+#: The keys an :data:`ORGANS` entry may use (see the module docstring for their meaning).
+TERM_KINDS = ("noun", "plural", "finding", "removed", "partial", "fossa", "sided")
+
+# ---------------------------------------------------------------------------------------------------
+# Organ vocabulary, keyed by canonical label name with the side removed.
+# ---------------------------------------------------------------------------------------------------
+ORGANS: dict[str, dict[str, object]] = {
+    "liver": {
+        "noun": ["liver", r"hepatic\s+(?:tissue|parenchyma)"],
+        "finding": [
+            "hepatic", "intrahepatic", "perihepatic", "subcapsular hepatic", "hepatis",
+            "hepatomegaly", "cirrhosis", "cirrhotic", "hepat[a-z]*",
+        ],
+        # A living patient's hepatectomy is partial or followed by a transplant: either way there is
+        # a liver in the image, so "hepatectomy" never means absent.
+        "partial": ["hepatectomy", "hemihepatectomy", "hepatic resection", "segmentectomy"],
+        "fossa": [],
+    },
+    "spleen": {
+        "noun": ["spleen", "splenic tissue"],
+        "finding": ["splenic", "splenomegaly", "perisplenic", "splenic lesion", "polysplenia"],
+        "removed": ["splenectomy", "splenectomies", "asplenia", "asplenic"],
+        "fossa": ["splenic bed", "splenectomy bed", "splenic fossa"],
+    },
+    "kidney": {
+        "noun": ["kidney", "renal tissue", "renal parenchyma"],
+        "plural": ["kidneys"],
+        "finding": [
+            "renal", "perirenal", "hydronephrosis", "hydroureteronephrosis", "pyelonephritis",
+            "nephrolithiasis", "nephrocalcinosis", "nephromegaly", "nephrostomy", "nephropathy",
+            "renal pelvis", "renal sinus", "renal cortex", "renal cyst", "renal cysts",
+            "[a-z]*nephr[a-z]*",
+        ],
+        "removed": [
+            "nephrectomy", "nephrectomies", "nephroureterectomy", "renal agenesis",
+            "agenesis of the kidney",
+        ],
+        "partial": ["heminephrectomy"],
+        "fossa": ["renal fossa", "nephrectomy bed", "renal bed"],
+    },
+    "gallbladder": {
+        "noun": ["gallbladder", r"gall[\s-]+bladder", "gb"],
+        "finding": [
+            "cholelithiasis", "gallstones?", "gall stones?", "cholecystitis", "pericholecystic",
+            "cholecystostomy", "cholecyst[a-z]*", "biliary sludge",
+        ],
+        "removed": ["cholecystectomy", "cholecystectomies"],
+        "fossa": [r"gallbladder\s+(?:fossa|bed)", r"gall[\s-]+bladder\s+(?:fossa|bed)", "cholecystectomy bed"],
+    },
+    "esophagus": {
+        "noun": ["esophagus", "oesophagus"],
+        "finding": ["esophageal", "oesophageal", "distal esophageal", "periesophageal", "esophag[a-z]*", "oesophag[a-z]*"],
+        "removed": ["esophagectomy", "oesophagectomy"],
+    },
+    "stomach": {
+        "noun": ["stomach"],
+        "finding": [
+            "gastric", "gastritis", "perigastric", "gastrostomy", "gastroparesis", "hiatal hernia",
+            "hiatus hernia", "gastric bypass",
+        ],
+        "removed": ["gastrectomy", "gastrectomies"],
+        "partial": ["sleeve gastrectomy", "antrectomy"],
+    },
+    "aorta": {
+        "noun": ["aorta", "aortas"],
+        "finding": ["aortic", "aaa", "periaortic", "abdominal aortic aneurysm", "aortic aneurysm"],
+    },
+    "inferior_vena_cava": {
+        "noun": [r"inferior\s+vena\s+cava", r"vena\s+cava", "ivc", "cava", "postcava"],
+        "finding": ["caval", "ivc filter"],
+    },
+    "superior_vena_cava": {
+        "noun": [r"superior\s+vena\s+cava", "svc"],
+    },
+    "portal_vein_and_splenic_vein": {
+        "noun": [
+            r"portal\s+veins?", r"main\s+portal\s+veins?", r"hepatic\s+portal\s+veins?", r"splenic\s+veins?", r"portal\s+venous\s+system",
+            r"portal\s+and\s+splenic\s+veins?", "portosplenic", "splenoportal", r"portosplenic\s+confluence",
+            r"splenoportal\s+confluence", "portomesenteric",
+        ],
+        "finding": [r"portal\s+venous", r"portal\s+vein\s+thrombosis", r"portal\s+hypertension"],
+    },
+    "pancreas": {
+        "noun": ["pancreas", r"pancreatic\s+(?:tissue|parenchyma)"],
+        "finding": ["pancreatic", "peripancreatic", "pancreatitis", "pancrea[a-z]*"],
+        "removed": ["pancreatectomy", r"total\s+pancreatectomy"],
+        "partial": [r"distal\s+pancreatectomy"],
+    },
+    "adrenal_gland": {
+        "noun": [r"adrenal\s+gland", "adrenal", r"suprarenal\s+gland", r"adrenal\s+tissue"],
+        "plural": [r"adrenal\s+glands", "adrenals", r"suprarenal\s+glands"],
+        "finding": ["adrenal nodule", "adrenal mass", "adrenal adenoma", "adrenal hyperplasia"],
+        "removed": ["adrenalectomy", "adrenalectomies"],
+    },
+    "duodenum": {
+        "noun": ["duodenum"],
+        "finding": ["duodenal", "periduodenal"],
+        "removed": ["duodenectomy"],
+    },
+    "urinary_bladder": {
+        "noun": [r"urinary\s+bladder", "bladder"],
+        "finding": ["perivesical", "cystitis"],
+        "removed": ["cystectomy", r"radical\s+cystectomy", "cystoprostatectomy"],
+        "partial": [r"partial\s+cystectomy"],
+    },
+    "prostate": {
+        "noun": ["prostate"],
+        "finding": ["prostatic", "prostatomegaly", "prostate gland"],
+        "removed": ["prostatectomy", "cystoprostatectomy"],
+    },
+    "uterus": {
+        "noun": ["uterus"],
+        "finding": ["uterine", "endometrial", "endometrium", "myometrium", "myometrial"],
+        "removed": ["hysterectomy"],
+        "partial": [r"supracervical\s+hysterectomy"],
+    },
+    "colon": {
+        "noun": [
+            "colon", r"large\s+bowel", r"large\s+intestine", "cecum", "caecum", r"sigmoid(?:\s+colon)?",
+            r"hepatic\s+flexures?", r"splenic\s+flexures?",
+        ],
+        "finding": ["colonic", "colitis", "diverticulosis", "diverticulitis", "pericolonic"],
+        "removed": ["colectomy", r"total\s+colectomy", "proctocolectomy"],
+        "partial": ["hemicolectomy", r"sigmoid\s+colectomy", r"sigmoidectomy"],
+    },
+    "small_bowel": {
+        "noun": [r"small\s+bowel", r"small[\s-]+intestine", "jejunum", "ileum"],
+        "finding": ["jejunal", "ileal", r"small-bowel", "enteritis"],
+    },
+    "heart": {
+        "noun": ["heart"],
+        "finding": ["cardiac", "cardiomegaly", "pericardial", "pericardium"],
+    },
+    "lung": {
+        "noun": ["lung", r"lung\s+base"],
+        "plural": ["lungs", r"lung\s+bases", r"both\s+lungs"],
+        "finding": ["pulmonary", "bibasilar", "pneumonia", "atelectasis"],
+        "removed": ["pneumonectomy", "pneumonectomies"],
+        "partial": ["lobectomy", r"wedge\s+resection"],
+    },
+    "lung_upper_lobe": {
+        "noun": [r"upper\s+lobe", "lingula"],
+        "plural": [r"upper\s+lobes"],
+        "removed": [r"upper\s+lobectomy"],
+        "sided": {"lul": "left", "rul": "right", "lingula": "left"},
+    },
+    "lung_middle_lobe": {
+        "noun": [r"middle\s+lobe"],
+        "removed": [r"middle\s+lobectomy"],
+        "sided": {"rml": "right", r"middle\s+lobe": "right", r"middle\s+lobectomy": "right"},
+    },
+    "lung_lower_lobe": {
+        "noun": [r"lower\s+lobe"],
+        "plural": [r"lower\s+lobes"],
+        "removed": [r"lower\s+lobectomy"],
+        "sided": {"lll": "left", "rll": "right"},
+    },
+    "trachea": {
+        "noun": ["trachea"],
+        "finding": ["tracheal", "tracheostomy"],
+    },
+    "thyroid_gland": {
+        "noun": [r"thyroid(?:\s+gland)?"],
+        "finding": ["goiter", "goitre"],
+        "removed": ["thyroidectomy", r"total\s+thyroidectomy"],
+        "partial": ["hemithyroidectomy"],
+    },
+    "brain": {
+        "noun": ["brain"],
+    },
+    "spinal_cord": {
+        "noun": [r"spinal\s+cord"],
+    },
+    "iliac_artery": {
+        "noun": [r"iliac\s+artery"],
+        "plural": [r"iliac\s+arteries"],
+    },
+    "iliac_vena": {
+        "noun": [r"iliac\s+vein"],
+        "plural": [r"iliac\s+veins"],
+    },
+    "femur": {
+        "noun": ["femur", r"femoral\s+(?:head|neck|shaft)"],
+        "plural": ["femurs", "femora", r"femoral\s+heads"],
+    },
+}
+
+#: Procedures that remove several organs at once: term -> {organ: "removed" | "partial"}.
+#: A Whipple (pancreaticoduodenectomy) takes the pancreatic head, the duodenum and the gallbladder.
+MULTI_ORGAN_PROCEDURES: dict[str, dict[str, str]] = {
+    r"whipple(?:\s+procedure)?": {"pancreas": "partial", "duodenum": "removed", "gallbladder": "removed"},
+    r"pancreaticoduodenectomy": {"pancreas": "partial", "duodenum": "removed", "gallbladder": "removed"},
+    r"pancreatoduodenectomy": {"pancreas": "partial", "duodenum": "removed", "gallbladder": "removed"},
+}
+
+#: Phrases that contain an organ word but are not that organ. Matching them consumes the words.
+IGNORED_TERMS: list[str] = [
+    # vessels named after an organ belong to other structures (or to none of the label maps)
+    r"renal\s+(?:arter(?:y|ies)|veins?|vessels?|vasculature|hilum\s+vessels)",
+    r"hepatic\s+(?:arter(?:y|ies)|veins?|ducts?|vasculature)", r"common\s+hepatic\s+duct",
+    r"splenic\s+arter(?:y|ies)", r"gastric\s+(?:arter(?:y|ies)|veins?)", r"gastroduodenal\s+artery",
+    r"pancreaticoduodenal\s+(?:arter(?:y|ies)|veins?)", r"aortic\s+valve", r"cardiac\s+valve",
+    r"pulmonary\s+(?:arter(?:y|ies)|veins?|embol(?:us|i|ism))", r"adrenal\s+veins?",
+    # contrast phases and protocols are not anatomy
+    r"portal\s+venous\s+phase", r"portal\s+(?:venous\s+)?phase", r"portal\s+venous\s+contrast",
+    r"hepatic\s+(?:arterial|venous|portal)\s+phase", r"nephrographic(?:\s+phase)?", r"renal\s+protocol",
+    r"pancreatic\s+protocol", r"pancreatic\s+phase", r"cardiac\s+gating",
+    # accessory or transplanted tissue is not the native organ of the label map
+    "splenules?", r"accessory\s+spleens?", "splenosis",
+    # (a liver transplant *is* the liver in the image, so "liver transplant" is not listed here)
+    *(rf"{organ}\s+(?:transplant|allograft)s?" for organ in ("renal", "kidney", "pancreas", "pancreatic")),
+    r"transplant(?:ed)?\s+(?:kidney|pancreas|liver)", r"ovarian\s+cystectomy",
+    # spaces between organs
+    r"hepatorenal(?:\s+(?:recess|space|pouch))?", r"splenorenal(?:\s+(?:recess|ligament|shunt))?",
+    r"gastrohepatic\s+ligament", r"hepatoduodenal\s+ligament", "aortocaval",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# Label names -> vocabulary entries.
+# ---------------------------------------------------------------------------------------------------
+#: Label base names (canonical, side removed) that listen to more than one vocabulary entry, or to
+#: one under another name. A lung lobe also hears statements about the whole lung ("the lungs are
+#: clear", "left pneumonectomy").
+LABEL_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "prostate_uterus": ("prostate", "uterus"),
+    "lung_upper_lobe": ("lung_upper_lobe", "lung"),
+    "lung_middle_lobe": ("lung_middle_lobe", "lung"),
+    "lung_lower_lobe": ("lung_lower_lobe", "lung"),
+}
+
+#: Other spellings of label base names met in user label maps.
+LABEL_ALIASES: dict[str, str] = {
+    "kidneys": "kidney",
+    "adrenal_glands": "adrenal_gland",
+    "adrenal": "adrenal_gland",
+    "adrenals": "adrenal_gland",
+    "lungs": "lung",
+    "small_intestine": "small_bowel",
+    "large_bowel": "colon",
+    "oesophagus": "esophagus",
+    "thyroid": "thyroid_gland",
+    "iliac_vein": "iliac_vena",
+    "portal_vein": "portal_vein_and_splenic_vein",
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Cues. All are regex fragments on lower-cased text.
+# ---------------------------------------------------------------------------------------------------
+#: Words that negate what follows: the organ itself ("no spleen is seen") or a finding ("no
+#: splenomegaly"). Which one depends on what is negated (see :mod:`mosmoskit.reports.tags`).
+NEGATION_CUES: list[str] = [
+    "no", "without", "absent", r"negative\s+for", r"free\s+of", "neither", "nor", r"not\s+any",
+]
+
+#: Phrases that remove or deny the organ named next ("removal of the gallbladder", "agenesis of the
+#: left kidney"). A partial qualifier before them keeps the organ ("partial resection of the liver").
+REMOVAL_CUES: list[str] = [
+    r"absence\s+of", r"surgical\s+absence\s+of", r"congenital\s+absence\s+of", r"post-?surgical\s+absence\s+of",
+    r"removal\s+of", r"resection\s+of",
+    r"excision\s+of", r"agenesis\s+of", r"aplasia\s+of", r"status\s+post\s+removal\s+of",
+    r"non-?visuali[sz]ation\s+of", r"non-?visuali[sz]ed",
+]
+
+#: Words allowed between a negation/removal cue and the organ for the cue to reach it ("no evidence
+#: of a left kidney", "no prior splenectomy"). Anything else (a finding noun, a preposition) breaks
+#: the scope: "no free fluid around the liver" does not negate the liver.
+PRE_FILLERS: list[str] = [
+    "the", "a", "an", "any", "evidence", "of", "sign", "signs", "definite", "definitive", "visible",
+    "visualized", "visualised", "identifiable", "discrete", "residual", "remaining", "native", "ct",
+    "radiographic", "sonographic", "imaging", "prior", "previous", "history", "known", "surgical",
+    "left", "right", "bilateral", "both", "either", "sided", "side", "normal", "intact", "other",
+    "recent", "interval", "definitely",
+]
+
+#: Links between the items of a list ("the liver, spleen and pancreas"; "no gallbladder or spleen").
+LIST_CONNECTORS: list[str] = ["or", "and", "nor", "the", "a", "an", "either", "left", "right", "both", "bilateral"]
+
+#: After a negated organ noun, what makes it "the organ is not there" rather than a finding of the
+#: organ: the end of the clause, a list end, or a verb of seeing ("no gallbladder is identified").
+#: Anything else ("no liver lesion") makes the negation about the finding.
+CONTINUATION_ABSENCE: list[str] = [
+    r"[,.;:)(]", "$", r"(?:is|are|was|were|can|could|has|have)\b", r"(?:seen|identified|visuali[sz]ed|present|noted|evident|demonstrated|detected|appreciated)\b",
+    r"(?:status|s/p|post)\b", r"(?:tissue|remains?)\b",
+]
+
+#: Words allowed between an organ and an after-cue ("the spleen *has been surgically* removed", "the
+#: gallbladder *is probably* absent"). Hedge words are allowed here and then make the result
+#: uncertain.
+POST_FILLERS: list[str] = [
+    "is", "are", "was", "were", "has", "have", "had", "been", "be", "appears", "appear", "seems",
+    "seem", "to", "also", "again", "now", "either", "both", "already", "completely", "entirely",
+    "previously", "still", "therefore", "thus", "itself", "themselves",
+]
+
+#: After-cues that say the organ is not there.
+POST_ABSENT: list[str] = [
+    r"(?:surgically|post-?surgically|congenitally|now)?\s*absent",
+    r"not\s+(?:been\s+)?(?:seen|visuali[sz]ed|identified|visible|demonstrated|detected|present|appreciated|evident|found)",
+    r"(?:cannot|can\s*not|can't|could\s+not|couldn't)\s+be\s+(?:seen|visuali[sz]ed|identified|demonstrated|detected|found)",
+    r"(?:surgically\s+)?(?:removed|resected|excised)",
+    r"no\s+longer\s+(?:seen|visuali[sz]ed|identified|visible|present|demonstrated)",
+    "missing", r"status\s+post\s+(?:removal|resection)",
+    r"(?:is|are|was|were)n['’]?t\s+(?:been\s+)?(?:seen|visuali[sz]ed|identified|visible|demonstrated|detected|present)",
+]
+
+#: After-cues that leave presence open ("the gallbladder is not well seen"): uncertain (-1).
+POST_UNCERTAIN: list[str] = [
+    r"not\s+(?:well|clearly|adequately|optimally|fully|definitely|confidently|reliably|convincingly|entirely|definitively|separately)\s+(?:seen|visuali[sz]ed|identified|evaluated|assessed|delineated|demonstrated|imaged)",
+    r"(?:poorly|suboptimally|incompletely|partially)\s+(?:seen|visuali[sz]ed|evaluated|assessed|delineated|imaged)",
+    r"obscured", r"not\s+(?:imaged|included|evaluated|assessed)",
+    r"(?:outside|excluded\s+from|not\s+in|beyond)\s+the\s+(?:field|scan\s+range|imaging\s+field)",
+]
+
+#: After-cues that say only part was removed: present.
+POST_PARTIAL: list[str] = [r"partially\s+(?:resected|removed|excised)", r"partially\s+absent"]
+
+#: Qualifiers before a removal word that keep part of the organ ("partial nephrectomy", "distal
+#: pancreatectomy").
+PARTIAL_QUALIFIERS: list[str] = [
+    "partial", "partially", "subtotal", "hemi", "distal", "proximal", "segmental", "wedge", "sleeve",
+    "limited", r"near[\s-]+total", "lobar", "polar", r"upper[\s-]+pole", r"lower[\s-]+pole",
+]
+
+#: Hedges: an absence statement near one of these becomes uncertain ("possible prior
+#: cholecystectomy", "the spleen is probably absent").
+#: A hedge followed by one of these doubts the *cause* ("not seen, likely due to prior
+#: splenectomy"), not the statement, and does not count.
+_HEDGE_OF_CAUSE = r"(?!\s+(?:due|secondary|related|because|from)\b)"
+
+HEDGE_WORDS: list[str] = [
+    "possible", "possibly", "probable", rf"probably{_HEDGE_OF_CAUSE}", rf"likely{_HEDGE_OF_CAUSE}", "may",
+    "might", "questionable",
+    r"question\s+of", "suspected", "suspect", r"suspicious\s+(?:for|of)", r"suggest[a-z]*", "presumed",
+    "presumably", "apparent", "apparently", "perhaps", "equivocal", "uncertain", r"\?", "versus", "vs",
+    r"cannot\s+(?:be\s+)?(?:excluded|ruled\s+out|exclude)", r"not\s+excluded", r"could\s+represent",
+    r"may\s+represent",
+]
+
+#: Hedges that follow the statement ("splenectomy cannot be excluded", "cholecystectomy?").
+HEDGE_TRAILING: list[str] = [
+    r"\?", r"(?:cannot|can\s*not|can't)\s+(?:be\s+)?(?:excluded|ruled\s+out|exclude)", r"(?:is\s+)?not\s+excluded",
+    # "either surgically absent or contracted"
+    r"or\s+(?:[a-z]+\s+){0,2}(?:contracted|collapsed|decompressed|atrophic|obscured|not\s+distended)",
+    # "not visualized, possibly contracted": the sentence goes on to doubt its own absence; but
+    # "not seen, likely due to prior splenectomy" only doubts the reason, not the absence.
+    r"(?:is\s+)?(?:possible|probable|likely|suspected|presumed|questionable|uncertain|possibly|probably"
+    r"|perhaps|presumably|maybe)"
+    r"(?!\s+(?:due|secondary|related|from|because|post|status|s/p|surgically|absent|removed|resected"
+    r"|(?:[a-z]+\s+)?[a-z]*ectomy))",
+]
+
+#: Words that place a paired organ: side word -> sides it names.
+SIDE_WORDS: dict[str, tuple[str, ...]] = {
+    "left": ("left",),
+    "right": ("right",),
+    "bilateral": ("left", "right"),
+    "bilaterally": ("left", "right"),
+    "bilat": ("left", "right"),
+    "both": ("left", "right"),
+    "either": ("left", "right"),
+    "neither": ("left", "right"),
+    "lt": ("left",),
+    "rt": ("right",),
+}
+
+#: Side words that are plural by themselves (used in the documentation and tests).
+BOTH_SIDE_WORDS: tuple[str, ...] = tuple(w for w, s in SIDE_WORDS.items() if len(s) == 2)
+
+#: Side phrases *after* a mention, within a few words ("renal cyst on the left", "hydronephrosis
+#: bilaterally"). Group 1 is the side word.
+SIDE_POST_PATTERNS: list[str] = [
+    r"(?:on|in|at|of|to)\s+the\s+(left|right)\b",
+    r"(bilaterally)\b",
+    r"^\s*,?\s*(left|right)\s*(?:side|-?sided)?\s*(?:[,.;:]|$)",
+]
+
+#: "Kidneys: *the left* is absent": a side word standing for the side of a paired organ named just
+#: before with a plural noun. Group 1 is the side word; an after-cue must follow.
+SIDE_ANAPHORA: str = r"\b(?:the\s+)?(left|right)(?:\s+(?:one|side))?\b"
+
+#: "Solitary right kidney": the named side is present and the *other* side absent. Group 1 is the
+#: side; the value is the vocabulary entry.
+SOLITARY_PATTERNS: dict[str, str] = {
+    r"\bsolitary\s+(?:functioning\s+|native\s+)?(left|right)\s+kidney\b": "kidney",
+    r"\bsolitary\s+(?:functioning\s+|native\s+)?(left|right)\s+(?:adrenal|adrenal\s+gland)\b": "adrenal_gland",
+    r"\bsolitary\s+(?:functioning\s+|native\s+)?(left|right)\s+lung\b": "lung",
+}
+
+#: Words that make a fossa or bed "empty": the organ is absent.
+EMPTY_WORDS: list[str] = ["empty", "vacant"]
+
+#: Words that start a new clause inside a sentence: cues do not cross them.
+CLAUSE_BREAKS: list[str] = ["but", "however", "whereas", "although", "though", "while", "otherwise"]
+
+
+def _check_tables(organs: Mapping[str, Mapping[str, object]]) -> None:
+    """Fail at import time on a typo in the tables (an unknown kind, a sided term of a bad side)."""
+    for organ, entry in organs.items():
+        unknown = set(entry) - set(TERM_KINDS)
+        if unknown:
+            raise ValueError(f"vocabulary entry {organ!r} has unknown kinds {sorted(unknown)}; use {TERM_KINDS}")
+        sided = entry.get("sided", {})
+        if not isinstance(sided, Mapping) or any(s not in ("left", "right") for s in sided.values()):
+            raise ValueError(f"vocabulary entry {organ!r}: 'sided' must map terms to 'left' or 'right'")
+    for term, effects in MULTI_ORGAN_PROCEDURES.items():
+        for organ, effect in effects.items():
+            if organ not in organs or effect not in ("removed", "partial"):
+                raise ValueError(f"procedure {term!r}: bad effect {organ!r}: {effect!r}")
+    for label, concepts in LABEL_CONCEPTS.items():
+        missing = [c for c in concepts if c not in organs]
+        if missing:
+            raise ValueError(f"LABEL_CONCEPTS[{label!r}] names unknown vocabulary entries {missing}")
+
+
+_check_tables(ORGANS)
