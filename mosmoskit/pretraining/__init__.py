@@ -1,0 +1,1 @@
+"""Report-supervised pre-training (MOSMOS objectives A and B)."""

@@ -1,0 +1,145 @@
+"""The configuration of a report-supervised pre-training run.
+
+Its fields are, one for one, the parameters of ``notebooks/02_report_pretraining.ipynb`` and the
+options of ``python -m mosmoskit pretrain`` (a test keeps the three equal). Everything a run needs
+is here, so the copy stored in each checkpoint is enough to rebuild the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mosmoskit.config import check_choice, check_positive
+
+__all__ = ["PretrainConfig"]
+
+ENCODER_DIMS = {"unet2d": 2, "vit3d": 3}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Report-supervised pre-training (MOSMOS objectives A and B).
+
+    Data:
+        dataset: ``"phantom"`` (a cohort is generated into ``output_dir/data``), a folder with a
+            ``dataset.json`` and ``reports.jsonl``, or a CSV/JSONL image-report manifest.
+        label_map: the label map whose foreground names are the organ tags.
+        phantom_cases: cohort size when ``dataset == "phantom"`` (in 2D: volumes; each gives
+            ``phantom_slices_per_case`` slices).
+        phantom_slices_per_case: axial slices per phantom volume in 2D.
+        val_fraction: share of cases held out (patient-level) for retrieval/tag/localisation metrics.
+        image_size: the network input grid; images are centre-cropped/padded to it.
+        max_shift: random translation in voxels per axis during training (maps must follow the organ,
+            not a fixed position).
+        window: HU window mapped to [0, 1].
+
+    Model:
+        spatial_dims: 2 (U-Net encoder on axial slices) or 3 (UNETR's ViT on volumes).
+        image_encoder: a registered image encoder (``"unet2d"``, ``"vit3d"``).
+        encoder_width: base width: U-Net features of the first level, or the ViT hidden size
+            (0 = the encoder's default: 16 for unet2d, 96 for vit3d).
+        text_encoder: ``"minilm"`` (packaged all-MiniLM-L6-v2), ``"tiny"`` (small BERT for tests), or
+            a local folder with a transformers model.
+        text_freeze: ``"none"``, ``"all"``, ``"embeddings"`` or ``"all_but_last_<n>"``. Default
+            ``"all"``: the text encoder is fixed and its report vectors are cached, which makes CPU
+            runs several times faster; only the text projection learns. Unfreeze on a GPU.
+        embed_dim: width of the shared image-report space.
+        tag_head_dim, tag_head_layers, tag_head_heads: the tag decoder.
+        tag_readout: ``"evidence"`` (tag logit = log-sum-exp of the tag's pixel attention scores,
+            so a present tag must point somewhere) or ``"decoder"`` (logit from the decoder's query;
+            localised poorly on the phantoms, see ``TagHead``).
+        feature_level: U-Net level the tag head reads (2 = stride 4, 3 = stride 8; 2D only).
+
+    Objectives:
+        contrastive_weight: weight of the image-report InfoNCE term (0 switches it off).
+        tag_loss_weight: lambda, weight of the organ-tag term (0 switches it off).
+        tag_loss: ``"bce"`` or ``"asl"`` (asymmetric loss).
+        unmentioned: organs a report does not mention: ``"mask"`` (ignored) or ``"negative"``.
+
+    Optimisation:
+        max_steps, batch_size, lr, text_lr_scale (the text encoder's lr = lr * text_lr_scale),
+        weight_decay, warmup_steps, grad_clip_norm, grad_accum_steps, val_every, checkpoint_every,
+        num_workers, device ("auto", "cpu", "cuda", ...), seed, output_dir, overwrite (reuse a folder
+        that holds results; otherwise resume there if it holds a checkpoint).
+    """
+
+    dataset: str = "phantom"
+    label_map: str = "btcv"
+    phantom_cases: int = 40
+    phantom_slices_per_case: int = 8
+    val_fraction: float = 0.2
+    image_size: tuple[int, ...] = (128, 128)
+    max_shift: int = 12
+    window: tuple[float, float] = (-175.0, 250.0)
+
+    spatial_dims: int = 2
+    image_encoder: str = "unet2d"
+    encoder_width: int = 0
+    text_encoder: str = "minilm"
+    text_freeze: str = "all"
+    embed_dim: int = 128
+    tag_head_dim: int = 128
+    tag_head_layers: int = 1
+    tag_head_heads: int = 4
+    tag_readout: str = "evidence"
+    feature_level: int = 2
+
+    contrastive_weight: float = 1.0
+    tag_loss_weight: float = 1.0
+    tag_loss: str = "bce"
+    unmentioned: str = "mask"
+
+    max_steps: int = 400
+    batch_size: int = 16
+    lr: float = 1e-3
+    text_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    grad_clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+    val_every: int = 100
+    checkpoint_every: int = 100
+    num_workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("spatial_dims", self.spatial_dims, (2, 3))
+        check_choice("image_encoder", self.image_encoder, tuple(ENCODER_DIMS))
+        if ENCODER_DIMS[self.image_encoder] != self.spatial_dims:
+            raise ValueError(
+                f"image_encoder {self.image_encoder!r} is {ENCODER_DIMS[self.image_encoder]}D but spatial_dims is "
+                f"{self.spatial_dims}; use 'unet2d' with spatial_dims=2 or 'vit3d' with spatial_dims=3"
+            )
+        if len(self.image_size) != self.spatial_dims or any(int(s) < 1 for s in self.image_size):
+            raise ValueError(f"image_size must have {self.spatial_dims} positive sizes, got {self.image_size}")
+        if self.image_encoder == "vit3d" and any(s % 16 for s in self.image_size):
+            raise ValueError(f"vit3d uses 16-voxel patches: image_size {self.image_size} must be divisible by 16")
+        if self.image_encoder == "unet2d" and any(s % 16 for s in self.image_size):
+            raise ValueError(f"unet2d downsamples 4 times: image_size {self.image_size} must be divisible by 16")
+        if self.window[0] >= self.window[1]:
+            raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        check_choice("tag_loss", self.tag_loss, ("bce", "asl"))
+        check_choice("tag_readout", self.tag_readout, ("evidence", "decoder"))
+        check_choice("feature_level", self.feature_level, (0, 1, 2, 3, 4))
+        check_choice("unmentioned", self.unmentioned, ("mask", "negative"))
+        for name in ("contrastive_weight", "tag_loss_weight", "weight_decay"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if self.contrastive_weight == 0 and self.tag_loss_weight == 0:
+            raise ValueError("contrastive_weight and tag_loss_weight are both 0: nothing to train")
+        for name in ("max_steps", "batch_size", "lr", "embed_dim", "tag_head_dim", "tag_head_layers",
+                     "tag_head_heads", "grad_accum_steps", "val_every", "checkpoint_every",
+                     "phantom_cases", "phantom_slices_per_case"):
+            check_positive(name, getattr(self, name))
+        for name in ("encoder_width", "max_shift", "num_workers", "warmup_steps", "text_lr_scale", "grad_clip_norm"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.contrastive_weight > 0 and self.batch_size * self.grad_accum_steps < 2 and self.batch_size < 2:
+            raise ValueError("the contrastive loss needs batch_size >= 2 (negatives come from the batch)")
+        if self.tag_head_dim % self.tag_head_heads:
+            raise ValueError(
+                f"tag_head_dim ({self.tag_head_dim}) must be divisible by tag_head_heads ({self.tag_head_heads})"
+            )

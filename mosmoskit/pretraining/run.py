@@ -1,0 +1,276 @@
+"""One call from a :class:`PretrainConfig` to a trained, evaluated, checkpointed model.
+
+``run_pretraining`` is what ``python -m mosmoskit pretrain`` and notebook 02 call. The run folder
+holds the checkpoints (resumable; ``last.pt`` is the newest), ``history.jsonl``, ``config.json``,
+``label_map.json`` and, when the run has finished, ``metrics.json``. A folder that already holds
+``metrics.json`` is never reused silently: pass ``overwrite=True`` or pick another folder. A folder
+with checkpoints but no metrics (an interrupted run) is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mosmoskit.config import config_from_dict, config_to_dict
+from mosmoskit.data.readers import load_image, load_label
+from mosmoskit.io import atomic_write_text
+from mosmoskit.labels import LabelMap, load_label_map
+from mosmoskit.pretraining.config import PretrainConfig
+from mosmoskit.pretraining.data import (
+    ImageReportDataset,
+    center_crop_or_pad,
+    prepare_pretraining_data,
+    window_intensity,
+)
+from mosmoskit.pretraining.evaluate import fixed_position_baseline
+from mosmoskit.pretraining.model import MosmosPretrainModel, build_pretrain_model
+from mosmoskit.pretraining.task import PretrainTask
+
+__all__ = [
+    "PretrainResult",
+    "attention_maps_from_checkpoint",
+    "load_pretrained",
+    "run_pretraining",
+]
+
+CHECKPOINT_KIND = "pretrain"
+
+
+@dataclass
+class PretrainResult:
+    """What a finished pre-training run produced.
+
+    Attributes:
+        output_dir: the run folder.
+        checkpoint: the final checkpoint (``last.pt``).
+        metrics: flat dict of held-out metrics (``retrieval/...``, ``tag_auroc/...``,
+            ``pointing/...``, ``pointing_baseline/...``).
+        history: per-step logs (every loss term, lr, temperature) and validation rows.
+        label_map: the tag vocabulary.
+        train_cases, val_cases: the case dicts of the patient-level split.
+        seconds: wall time of the training part.
+    """
+
+    output_dir: Path
+    checkpoint: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    label_map: LabelMap
+    train_cases: list[dict[str, Any]]
+    val_cases: list[dict[str, Any]]
+    seconds: float
+
+
+def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN (an organ never present, a tag with one class) becomes null: strict JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
+
+
+def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else list(values)
+    return out
+
+
+def _prepare_folder(config: PretrainConfig) -> Path:
+    out = Path(config.output_dir)
+    if (out / "metrics.json").exists():
+        if not config.overwrite:
+            raise FileExistsError(
+                f"{out} already holds a finished pre-training run (metrics.json); choose another "
+                f"output_dir or set overwrite=True"
+            )
+        for target in [*out.glob("checkpoint_step*.pt"), out / "last.pt", out / "history.jsonl", out / "metrics.json"]:
+            target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _training_labels(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int]) -> list[np.ndarray]:
+    """Masks of the training cases, for the fixed-position baseline only (never for training)."""
+    masks = []
+    for case in cases:
+        if not case.get("label"):
+            return []
+        reference = load_image(case["image"])
+        mask = load_label(case["label"], label_map, reference=reference).array
+        masks.append(center_crop_or_pad(mask.astype(np.int64), size, fill=0))
+    return masks
+
+
+def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progress: bool = True) -> PretrainResult:
+    """Pre-train, evaluate on held-out pairs, and save everything into ``config.output_dir``.
+
+    Args:
+        config: the run.
+        callbacks: training-loop callbacks (e.g. a live loss plot).
+        progress: show progress bars.
+
+    Returns:
+        :class:`PretrainResult`.
+
+    Raises:
+        FileExistsError: the folder holds a finished run and ``config.overwrite`` is false.
+        ValueError: bad data (the message names the file), or a non-finite loss (the last good
+            checkpoint is kept).
+    """
+    import time
+
+    from mosmoskit.device import resolve_device, seed_everything
+    from mosmoskit.training import Trainer, TrainerConfig
+
+    out = _prepare_folder(config)
+    seed_everything(config.seed)
+    label_map = load_label_map(config.label_map)
+    _, split = prepare_pretraining_data(
+        config.dataset, out, label_map, config.spatial_dims, config.val_fraction, config.seed,
+        phantom_cases=config.phantom_cases, phantom_slices_per_case=config.phantom_slices_per_case,
+        progress=progress,
+    )
+    atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
+    label_map.save(out / "label_map.json")
+    common = dict(label_map=label_map, image_size=config.image_size, window=config.window, progress=progress)
+    train_ds = ImageReportDataset(split["train"], max_shift=config.max_shift, seed=config.seed, **common)
+    has_labels = all(c.get("label") for c in split["val"])
+    # Validation images are shifted too (a different, fixed draw), so that a map that always points
+    # at the same place cannot score well; the baseline below measures exactly that.
+    val_ds = ImageReportDataset(split["val"], max_shift=config.max_shift, seed=config.seed + 7919,
+                                with_labels=has_labels, **common)
+    baseline = None
+    if has_labels:
+        masks = _training_labels(split["train"], label_map, config.image_size)
+        baseline = fixed_position_baseline(masks, label_map) if masks else None
+    val_loader = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, collate_fn=_collate)
+
+    device = resolve_device(config.device)
+    model = build_pretrain_model(config, label_map).to(device)
+    task = PretrainTask(model, config, label_map, baseline_maps=baseline)
+    trainer_config = TrainerConfig(
+        max_steps=config.max_steps,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        grad_accum_steps=config.grad_accum_steps,
+        grad_clip_norm=config.grad_clip_norm or None,
+        device=config.device,
+        seed=config.seed,
+        output_dir=str(out),
+        val_every=config.val_every,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+        resume=True,
+    )
+    trainer = Trainer(
+        task,
+        trainer_config,
+        train_dataset=train_ds,
+        batch_size=config.batch_size,
+        collate_fn=_collate,
+        num_workers=config.num_workers,
+        val_loader=val_loader,
+        callbacks=list(callbacks),
+        kind=CHECKPOINT_KIND,
+        run_config=config_to_dict(config),
+        label_map=label_map,
+    )
+    start = time.perf_counter()
+    fit = trainer.fit()
+    seconds = time.perf_counter() - start
+    metrics = dict(task.validate(val_loader))
+    metrics.update({"train/steps": int(fit.step), "train/seconds": round(seconds, 1),
+                    "data/train_pairs": len(train_ds), "data/val_pairs": len(val_ds)})
+    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
+    return PretrainResult(
+        output_dir=out, checkpoint=Path(fit.last_checkpoint), metrics=metrics, history=list(fit.history),
+        label_map=label_map, train_cases=split["train"], val_cases=split["val"], seconds=seconds,
+    )
+
+
+def load_pretrained(checkpoint: str | Path, map_location: str = "cpu") -> tuple[MosmosPretrainModel, PretrainConfig, LabelMap]:
+    """The image side of a pre-trained model (encoder, tag head, projection), without its text encoder.
+
+    Raises:
+        CheckpointError: not a readable mosmoskit checkpoint (the message names the file).
+        ValueError: a checkpoint of another kind, or weights that do not fit the rebuilt model.
+    """
+    from mosmoskit.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, map_location=map_location)
+    if ckpt.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{checkpoint}: a {ckpt.get('kind')!r} checkpoint, expected a pre-training one")
+    config = config_from_dict(PretrainConfig, ckpt["config"], source=str(checkpoint))
+    label_map = LabelMap.from_dict(ckpt["label_map"], source=str(checkpoint))
+    state = ckpt["state"]["model"]
+    text_dim = state["text_proj.weight"].shape[1] if "text_proj.weight" in state else None
+    model = build_pretrain_model(config, label_map, with_text_encoder=False, text_dim=text_dim)
+    wanted = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "contrastive_loss."))}
+    result = model.load_state_dict(wanted, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{checkpoint}: weights do not fit the model its config describes: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.eval(), config, label_map
+
+
+@torch.no_grad()
+def attention_maps_from_checkpoint(
+    checkpoint: str | Path | tuple[MosmosPretrainModel, PretrainConfig, LabelMap],
+    image: str | Path | np.ndarray,
+    device: str = "cpu",
+    scale_by_probability: bool = False,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Pixel-tag attention maps of an image at the image's own resolution.
+
+    A 2D model applied to a volume runs on each axial slice. Each input (slice or volume) is
+    resized to the model's ``image_size`` and its maps resized back, so any grid works.
+
+    Args:
+        checkpoint: a pre-training checkpoint path, or what :func:`load_pretrained` returned.
+        image: a file (NIfTI, DICOM folder; read in RAS) or an array already in HU and RAS.
+        device: where to run.
+        scale_by_probability: multiply each map by its tag probability.
+
+    Returns:
+        maps (K, *image shape) with peak 1 per map (before probability scaling), and organ name ->
+        tag probability (mean over slices for a 2D model on a volume).
+    """
+    import torch.nn.functional as F
+
+    model, config, label_map = load_pretrained(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
+    model = model.to(device).eval()
+    array = load_image(image).array if not isinstance(image, np.ndarray) else np.asarray(image, dtype=np.float32)
+    windowed = window_intensity(array, config.window)
+    dims = config.spatial_dims
+    if array.ndim == dims:
+        inputs = torch.from_numpy(windowed)[None, None]
+    elif dims == 2 and array.ndim == 3:
+        inputs = torch.from_numpy(np.moveaxis(windowed, 2, 0))[:, None]  # slices as a batch
+    else:
+        raise ValueError(f"a {dims}D model cannot take a {array.ndim}D image of shape {array.shape}")
+    mode = "bilinear" if dims == 2 else "trilinear"
+    native = inputs.shape[2:]
+    maps_all, probs_all = [], []
+    for start in range(0, len(inputs), 16):
+        chunk = inputs[start : start + 16].to(device)
+        resized = F.interpolate(chunk, size=tuple(config.image_size), mode=mode, align_corners=False)
+        maps, logits = model.attention_maps(resized, normalize="max", scale_by_probability=scale_by_probability)
+        maps = F.interpolate(maps, size=tuple(native), mode=mode, align_corners=False)
+        maps_all.append(maps.cpu())
+        probs_all.append(torch.sigmoid(logits).cpu())
+    maps = torch.cat(maps_all)
+    if dims == 2 and array.ndim == 3:
+        maps = maps.permute(1, 2, 3, 0)  # (K, X, Y, Z)
+    else:
+        maps = maps[0]
+    probs = torch.cat(probs_all).mean(dim=0)
+    return maps.numpy(), {n: float(p) for n, p in zip(label_map.foreground_names, probs)}

@@ -1,0 +1,87 @@
+"""The pre-training task: the MOSMOS model paired with its two objectives.
+
+``step(batch)`` returns the weighted loss terms by name; the generic training loop sums and logs
+them without knowing what they are (``contrastive`` = objective A, ``tags`` = objective B).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mosmoskit.labels import LabelMap
+from mosmoskit.losses import ContrastiveLoss, TagLoss
+from mosmoskit.pretraining.config import PretrainConfig
+from mosmoskit.pretraining.evaluate import evaluate_pretraining
+from mosmoskit.pretraining.model import MosmosPretrainModel
+
+__all__ = ["PretrainTask"]
+
+
+class PretrainTask:
+    """Objective A (image-report InfoNCE) + lambda * objective B (organ tags).
+
+    The contrastive loss, which owns the learnable temperature, is registered on the model as
+    ``model.contrastive_loss`` (as CLIP keeps its logit scale in the model), so the optimiser, the
+    checkpoint and a DistributedDataParallel wrapper all see the temperature.
+
+    Args:
+        model: the pre-training model (with a text encoder when ``contrastive_weight > 0``).
+        config: weights and loss options.
+        label_map: the tag vocabulary.
+        baseline_maps: fixed-position maps for the pointing-game baseline in validation.
+    """
+
+    def __init__(
+        self,
+        model: MosmosPretrainModel,
+        config: PretrainConfig,
+        label_map: LabelMap,
+        baseline_maps: np.ndarray | None = None,
+    ) -> None:
+        if config.contrastive_weight > 0 and model.text_encoder is None:
+            raise ValueError("contrastive_weight > 0 needs a model with a text encoder")
+        if "contrastive_loss" not in dict(model.named_children()):
+            model.add_module("contrastive_loss", ContrastiveLoss())
+        self.model = model
+        self.config = config
+        self.label_map = label_map
+        self.tag_loss = TagLoss(kind=config.tag_loss, unmentioned=config.unmentioned)
+        self.baseline_maps = baseline_maps
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch: ``contrastive`` and/or ``tags``."""
+        cfg = self.config
+        reports = list(batch["report"]) if cfg.contrastive_weight > 0 else None
+        out = self.model(batch["image"], reports)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.contrastive_weight > 0:
+            terms["contrastive"] = cfg.contrastive_weight * self.model.contrastive_loss(out.image_emb, out.text_emb)["contrastive"]
+        if cfg.tag_loss_weight > 0:
+            terms["tags"] = cfg.tag_loss_weight * self.tag_loss(out.tags.logits, batch["tags"])["tags"]
+        return terms
+
+    def extra_logs(self) -> dict[str, float]:
+        return {"temperature": self.model.contrastive_loss.temperature}
+
+    def parameters_for_optimizer(self) -> list[dict[str, Any]]:
+        """Two groups: the text encoder learns ``text_lr_scale`` times slower (it starts pre-trained)."""
+        text_ids = set()
+        if self.model.text_encoder is not None:
+            text_ids = {id(p) for p in self.model.text_encoder.parameters()}
+        image_side = [p for p in self.model.parameters() if p.requires_grad and id(p) not in text_ids]
+        text_side = [p for p in self.model.parameters() if p.requires_grad and id(p) in text_ids]
+        groups = [{"params": image_side}]
+        if text_side and self.config.text_lr_scale > 0:
+            groups.append({"params": text_side, "lr": self.config.lr * self.config.text_lr_scale})
+        return groups
+
+    def validate(self, loader: Any) -> dict[str, float]:
+        return evaluate_pretraining(self.model, loader, self.label_map, device=self.device,
+                                    baseline_maps=self.baseline_maps)
