@@ -113,9 +113,49 @@ EXAMPLES: list[tuple[str, str, str, dict[str, int]]] = [
     ("absence", "btcv", "The spleen is not seen, likely due to prior splenectomy.", {"spleen": 0}),
     ("uncertain", "btcv", "The spleen may have been removed.", {"spleen": -1}),
     ("negated finding", "btcv", "No spleen or liver enlargement.", {"spleen": 1, "liver": 1}),
+    # --- outside the image (field of view, scan range, this axial level): absent from the image, 0
+    ("out of view", "btcv", "The spleen is not included in the field of view.", {"spleen": 0}),
+    ("out of view", "btcv", "The liver is outside the field of view.", {"liver": 0}),
+    ("out of view", "btcv", "The liver lies above the field of view.", {"liver": 0}),
+    ("out of view", "btcv", "The kidneys are below the field of view.", {"kidney_left": 0, "kidney_right": 0}),
+    ("out of view", "btcv", "The gallbladder is not included in the scan range.", {"gallbladder": 0}),
+    ("out of view", "btcv", "Pancreas: not imaged.", {"pancreas": 0}),
+    ("out of view", "btcv", "The left adrenal gland is not included at this level.", {"adrenal_gland_left": 0}),
+    ("out of view", "btcv", "The esophagus is not at this level.", {"esophagus": 0}),
+    ("out of view", "btcv", "No splenic tissue at this level.", {"spleen": 0}),
+    ("out of view", "btcv", "No left renal tissue at this level.", {"kidney_left": 0}),
+    ("out of view", "btcv", "No gastric tissue at this level.", {"stomach": 0}),
+    ("out of view", "btcv", "No hepatic parenchyma within the field of view.", {"liver": 0}),
+    ("out of view", "btcv", "The gallbladder and spleen are excluded from the scan range.", {"gallbladder": 0, "spleen": 0}),
+    # ... but a finding at this level is a finding, partial coverage is present, and a hedge stays -1
+    ("out of view", "btcv", "No liver lesion at this level.", {"liver": 1}),
+    ("out of view", "btcv", "No renal calculi in the field of view.", {"kidney_left": 1, "kidney_right": 1}),
+    ("out of view", "btcv", "The liver is not fully included in the field of view.", {"liver": 1}),
+    ("out of view", "btcv", "The liver is not included in its entirety.", {"liver": 1}),
+    ("out of view", "btcv", "The spleen is partly outside the field of view.", {"spleen": 1}),
+    ("out of view", "btcv", "The upper pole of the left kidney is not imaged.", {"kidney_left": 1}),
+    ("out of view", "btcv", "The dome of the liver is above the field of view.", {"liver": 1}),
+    ("out of view", "btcv", "The tail of the pancreas and the spleen are outside the field of view.", {"pancreas": 1, "spleen": 0}),
+    ("out of view", "btcv", "The spleen is probably outside the field of view.", {"spleen": -1}),
+    ("out of view", "btcv", "The gallbladder is not well imaged.", {"gallbladder": -1}),
+    # --- a side named in the clause owns the side-less findings of that clause
+    ("clause side", "btcv", "Unremarkable left kidney without hydronephrosis.", {"kidney_left": 1}),
+    ("clause side", "btcv", "The right kidney is normal in size without hydronephrosis or renal calculi.", {"kidney_right": 1}),
+    ("clause side", "btcv", "No hydronephrosis affecting the normal left kidney.", {"kidney_left": 1}),
+    ("clause side", "btcv", "Left renal cyst. No hydronephrosis.", {"kidney_left": 1, "kidney_right": 1}),
+    ("clause side", "btcv", "Status post right nephrectomy, no hydronephrosis.", {"kidney_right": 0, "kidney_left": 1}),
+    ("clause side", "btcv", "Left nephrectomy, right kidney without hydronephrosis.", {"kidney_left": 0, "kidney_right": 1}),
+    ("clause side", "btcv", "Left adrenal gland normal, no adrenal nodule.", {"adrenal_gland_left": 1}),
+    ("clause side", "btcv", "Without hydronephrosis, the left kidney is normal.", {"kidney_left": 1}),
     # --- sentence scope, lists, conflicts
     ("scope", "btcv", "No splenomegaly. Status post cholecystectomy.", {"spleen": 1, "gallbladder": 0}),
     ("scope", "btcv", "No spleen. Liver normal.", {"spleen": 0, "liver": 1}),
+    # a list under "no" that ends in a verb other than one of seeing describes its last organ
+    ("scope", "btcv", "No hepatomegaly, and the spleen is normal in size.", {"liver": 1, "spleen": 1}),
+    ("scope", "btcv", "No hydronephrosis and the left kidney is normal.", {"kidney_left": 1}),
+    ("absence", "btcv", "No spleen can be seen.", {"spleen": 0}),
+    ("absence", "btcv", "No left kidney is definitely identified.", {"kidney_left": 0}),
+    ("out of view", "btcv", "No spleen is within the field of view.", {"spleen": 0}),
     ("scope", "btcv", "Status post splenectomy. The liver is normal.", {"spleen": 0, "liver": 1}),
     ("scope", "btcv", "Status post splenectomy. The spleen is normal.", {"spleen": 0}),
     ("list", "btcv", "The liver, spleen and pancreas are unremarkable.", {"liver": 1, "spleen": 1, "pancreas": 1}),
@@ -167,7 +207,8 @@ def test_hand_written_examples(rule, label_map, text, expected):
 def test_examples_cover_every_rule_and_value():
     assert len(EXAMPLES) >= 40
     rules = {e[0] for e in EXAMPLES}
-    assert {"synonym", "negated finding", "absence", "partial", "uncertain", "laterality", "scope", "list", "amos", "totalseg"} <= rules
+    assert {"synonym", "negated finding", "absence", "partial", "uncertain", "laterality", "scope", "list", "amos", "totalseg",
+            "out of view", "clause side"} <= rules
     values = [v for e in EXAMPLES for v in e[3].values()]
     assert values.count(0) >= 15 and values.count(1) >= 15 and values.count(-1) >= 10
 
@@ -248,6 +289,12 @@ def test_rules_validate_and_change_the_conflict_rule():
     assert extract_tags(text, "btcv", rules=TagRules(absence_wins=False))["spleen"] == TAG_PRESENT
     strict = TagRules(negated_sideless_is_bilateral=False)
     assert extract_tags("No hydronephrosis.", "btcv", rules=strict)["kidney_left"] == TAG_UNKNOWN
+    # without the clause-side rule a side-less negated finding speaks for both sides again
+    text = "Unremarkable left kidney without hydronephrosis."
+    assert extract_tags(text, "btcv")["kidney_right"] == TAG_UNKNOWN
+    assert extract_tags(text, "btcv", rules=TagRules(sideless_follows_clause_side=False))["kidney_right"] == TAG_PRESENT
+    with pytest.raises(ValueError, match="side_post_window must be a non-negative integer, got 2.5"):
+        TagRules(side_post_window=2.5)
 
 
 def test_explain_names_the_deciding_rule():
@@ -256,6 +303,52 @@ def test_explain_names_the_deciding_rule():
     assert by_tag["spleen"].value == 1 and by_tag["spleen"].reason == "negated finding"
     assert by_tag["gallbladder"].value == 0 and "surgically absent" in by_tag["gallbladder"].reason
     assert by_tag["gallbladder"].term == "gallbladder"
+    evidence = explain_tags("Unremarkable left kidney without hydronephrosis.", "btcv")
+    assert [(e.tag, e.term) for e in evidence] == [("kidney_left", "kidney"), ("kidney_left", "hydronephrosis")]
+    assert "side of 'kidney' in the clause" in evidence[1].reason
+    out = {e.tag: e for e in explain_tags("The upper pole of the left kidney is not imaged.", "btcv")}
+    assert out["kidney_left"].value == 1 and "part" in out["kidney_left"].reason
+
+
+# Template row of the phantom generator -> the BTCV names it speaks for, per side.
+_PHANTOM_ROWS = {"kidney": {"left": "kidney_left", "right": "kidney_right"},
+                 "adrenal": {"left": "adrenal_gland_left", "right": "adrenal_gland_right"}}
+
+
+def _phantom_sentences():
+    """(sentence, {organ: expected tag}) for every template of the phantom report writer."""
+    from mosmoskit.data.phantom_reports import ABSENCE_KINDS, ORGAN_TEMPLATES, PAIR_TEMPLATES
+
+    def expected_tag(kind: str) -> int:
+        return TAG_ABSENT if kind in ABSENCE_KINDS or kind == "impression_resected" else TAG_PRESENT
+
+    fill = {"count": "two", "Count": "Two", "size": "12"}
+    for row, kinds in ORGAN_TEMPLATES.items():
+        for kind, templates in kinds.items():
+            for template in templates:
+                for side, organ in _PHANTOM_ROWS.get(row, {None: row}).items():
+                    text = template.format(side=side or "", Side=(side or "").capitalize(), **fill)
+                    yield text, {organ: expected_tag(kind)}
+    for row, kinds in PAIR_TEMPLATES.items():
+        for kind, templates in kinds.items():
+            for template in templates:
+                yield template, dict.fromkeys(_PHANTOM_ROWS[row].values(), expected_tag(kind))
+
+
+def test_every_phantom_report_sentence_is_read_as_the_generator_tags_it():
+    """The phantom cohort is the default pre-training data and its reports come from templates whose
+    tags the generator knows ("not included at this level" and "no splenic tissue at this level" are
+    0, "no splenomegaly" is 1). Each sentence alone must give exactly that tag for its organ and leave
+    every other organ, and the other side, at -1."""
+    sentences = list(_phantom_sentences())
+    assert len(sentences) > 100
+    wrong = []
+    for text, expected in sentences:
+        got = extract_tags(text, "btcv")
+        want = _full("btcv", expected)
+        if got != want:
+            wrong.append((text, {n: (got[n], want[n]) for n in want if got[n] != want[n]}))
+    assert not wrong, f"{len(wrong)} phantom sentences misread (got, expected): {wrong[:10]}"
 
 
 def test_vocabulary_tables_are_checked():

@@ -33,7 +33,8 @@ TINY_3D = dict(shape=(48, 48, 32), spacing=(8.0, 8.0, 10.0))
 VOXEL_ML = 8.0 * 8.0 * 10.0 / 1000.0
 N_CASES = 3
 TINY_DEMO = ["--n", "2", "--slices-per-case", "2", "--shape3d", "48", "48", "32", "--spacing3d", "8", "8", "10",
-             "--shape2d", "64", "64", "--spacing2d", "6", "6", "--no-progress"]
+             "--shape2d", "64", "64", "--spacing2d", "6", "6", "--no-progress", "--pretrain-steps", "2",
+             "--text-encoder", "tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _copy(cohort: Path, tmp_path: Path) -> Path:
 def _statuses(out: str) -> dict[str, str]:
     """Stage name -> "ran"/"reused" from the demo's printed table."""
     rows = [line.split() for line in out.splitlines()]
-    return {r[0]: r[1] for r in rows if len(r) > 1 and r[0] in ("data3d", "data2d", "summary3d", "summary2d")}
+    return {r[0]: r[1] for r in rows if len(r) > 1 and r[0] in ("data3d", "data2d", "summary3d", "summary2d", "pretrain2d")}
 
 
 def _write_value(path: Path, value: int) -> None:
@@ -267,7 +268,8 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys, commands):
     run_dir = tmp_path / "run"
     assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO]) == 0
     out = capsys.readouterr().out
-    assert _statuses(out) == {"data3d": "ran", "data2d": "ran", "summary3d": "ran", "summary2d": "ran"}
+    assert _statuses(out) == {"data3d": "ran", "data2d": "ran", "summary3d": "ran", "summary2d": "ran",
+                              "pretrain2d": "ran"}
     assert "parser vs generator tags" in out
     for data in ("data3d", "data2d"):
         for f in ("dataset.json", "label_map.json", "reports.jsonl"):
@@ -280,7 +282,8 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys, commands):
     s2d = json.loads((run_dir / "summary2d" / "summary.json").read_text())
     assert (s2d["spatial_dims"], s2d["size_unit"], s2d["n_cases"]) == (2, "cm2", 4)
     state = json.loads((run_dir / "demo.json").read_text())
-    assert list(state["stages"]) == ["data3d", "data2d", "summary3d", "summary2d"]
+    assert list(state["stages"]) == ["data3d", "data2d", "summary3d", "summary2d", "pretrain2d"]
+    assert (run_dir / "pretrain2d" / "metrics.json").is_file() and (run_dir / "pretrain2d" / "last.pt").is_file()
     assert state["settings"]["n"] == 2 and state["settings"]["shape2d"] == [64, 64]
 
     # same settings: everything is reused
@@ -292,7 +295,8 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys, commands):
     # an incomplete 2D cohort is made again, and the stages after it run again
     (run_dir / "data2d" / "labelsTr" / "phantom_0001_s01.nii.gz").unlink()
     assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO]) == 0
-    assert _statuses(capsys.readouterr().out) == {"data3d": "reused", "data2d": "ran", "summary3d": "ran", "summary2d": "ran"}
+    assert _statuses(capsys.readouterr().out) == {"data3d": "reused", "data2d": "ran", "summary3d": "ran",
+                                                  "summary2d": "ran", "pretrain2d": "ran"}
     assert (run_dir / "data2d" / "labelsTr" / "phantom_0001_s01.nii.gz").is_file()
 
     # other settings: refused without --overwrite, accepted with it

@@ -6,7 +6,9 @@ every foreground name of a label map it answers
 * ``1``  the report describes the organ as there (normal or abnormal: "hepatomegaly", "no focal
   liver lesion", "the kidneys are unremarkable", "no splenomegaly");
 * ``0``  the report says it is not there ("splenectomy", "the gallbladder is surgically absent",
-  "the left kidney is not visualized", "no gallbladder is seen");
+  "the left kidney is not visualized", "no gallbladder is seen"), or not in the image ("the spleen
+  is not included in the field of view", "no splenic tissue at this level"): the tag says what the
+  image shows;
 * ``-1`` the report does not say, or says it only in an uncertain way ("the gallbladder is not
   well seen", "possible prior cholecystectomy"): such a tag is masked out of the loss.
 
@@ -19,10 +21,14 @@ How a report is read
 3. Each mention gets a vote from the cues around it:
 
    * an after-cue on an organ noun ("... is surgically absent", "... is not visualized",
-     "... has been removed") -> absent; "... is not well seen" -> uncertain;
+     "... has been removed", "... is outside the field of view", "... is not included at this
+     level") -> absent; "... is not well seen" -> uncertain; "... is partially resected", "... is
+     not fully included" -> present; an after-cue on a part of the organ ("the upper pole of the
+     left kidney is not imaged") -> present;
    * a negation before it ("no", "without", "absent", "no evidence of") that reaches it through
-     nothing but determiners and list links: an organ *noun* followed by the end of the clause or a
-     verb of seeing ("no gallbladder is seen", "no spleen.") -> absent; an adjective or finding
+     nothing but determiners and list links: an organ *noun* followed by the end of the clause, a
+     verb of seeing or a place in the image ("no gallbladder is seen", "no spleen.", "no splenic
+     tissue at this level") -> absent; an adjective or finding
      ("no splenomegaly", "no renal calculi", "no liver lesion") -> present;
    * a removal word ("splenectomy", "left nephrectomy") -> absent, unless qualified as partial
      ("partial nephrectomy", "distal pancreatectomy") or negated ("no prior cholecystectomy");
@@ -36,7 +42,9 @@ How a report is read
    term itself ("kidneys" names both). A side-less singular mention ("a renal cyst", "status post
    nephrectomy") cannot be placed and tags neither side, except a *negated finding* ("no
    hydronephrosis", "no adrenal nodule"), which in reports describes the pair and tags both as
-   present (:attr:`TagRules.negated_sideless_is_bilateral`).
+   present (:attr:`TagRules.negated_sideless_is_bilateral`). When the same clause places the organ
+   on a side ("unremarkable left kidney without hydronephrosis"), a side-less mention that says it
+   is there belongs to that side only (:attr:`TagRules.sideless_follows_clause_side`).
 5. Votes are combined per tag: absent beats present ("Status post splenectomy. The spleen is
    normal." -> 0, :attr:`TagRules.absence_wins`), present beats uncertain, and a tag with no vote is
    ``-1``.
@@ -55,7 +63,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -103,6 +111,12 @@ class TagRules:
             organ itself ("no spleen is seen") or a finding of it ("no spleen lesion") is negated.
         negated_sideless_is_bilateral: a negated finding without a side ("no hydronephrosis")
             tags both sides of a paired organ as present.
+        sideless_follows_clause_side: a side-less mention that says the organ is there takes the
+            side of the nearest mention of the same organ in its clause that is placed and there
+            ("unremarkable left kidney without hydronephrosis": the left only), before
+            ``negated_sideless_is_bilateral`` is considered. Placed mentions that say the organ is
+            absent ("left nephrectomy, no hydronephrosis") lend no side: a finding cannot be about
+            a removed organ.
         absence_wins: when one sentence says absent and another present, the tag is absent. If
             false, present wins.
 
@@ -115,6 +129,7 @@ class TagRules:
     hedge_window: int = 40
     continuation_window: int = 40
     negated_sideless_is_bilateral: bool = True
+    sideless_follows_clause_side: bool = True
     absence_wins: bool = True
 
     def __post_init__(self) -> None:
@@ -163,6 +178,7 @@ class _Grammar:
     continuation: re.Pattern[str]
     post: re.Pattern[str]
     partial_before: re.Pattern[str]
+    part_of: re.Pattern[str]
     hedge: re.Pattern[str]
     hedge_trailing: re.Pattern[str]
     side_word: re.Pattern[str]
@@ -276,6 +292,11 @@ def _grammar() -> _Grammar:
         continuation=re.compile(r"\s*(?:" + "|".join(V.CONTINUATION_ABSENCE) + ")"),
         post=post,
         partial_before=re.compile(_alternation(V.PARTIAL_QUALIFIERS)),
+        # "the upper pole of the (left) ..." right before an organ word
+        part_of=re.compile(
+            "(?:" + _alternation(V.PART_OF_ORGAN) + r")\s+of\s+(?:(?:the|this|both|either|" + "|".join(V.SIDE_WORDS)
+            + r")[\s-]+|(?:left|right)-sided\s+)*$"
+        ),
         hedge=re.compile(hedge_words),
         hedge_trailing=re.compile(r"[\s,:\-]*(?:" + _alternation(V.HEDGE_TRAILING) + ")"),
         side_word=re.compile(_words(re.escape(w) for w in V.SIDE_WORDS)),
@@ -475,6 +496,7 @@ def _votes_in_clause(clause: str, g: _Grammar, rules: TagRules) -> list[_Vote]:
     ends = _chain_ends(clause, mentions, g)
     _assign_cues(clause, mentions, ends, g, rules)
     votes: list[_Vote] = []
+    owners: list[int] = []  # the mention each vote comes from
     for i, m in enumerate(mentions):
         kinds = {kind for _, kind in m.term.effects}
         if kinds == {"ignored"}:
@@ -487,6 +509,9 @@ def _votes_in_clause(clause: str, g: _Grammar, rules: TagRules) -> list[_Vote]:
             strength, negated, reason = _decide(clause, m, kind, post, g, rules, floor)
             if strength != _NONE:
                 votes.append(_Vote(concept, strength, sides, negated, word, reason, clause))
+                owners.append(i)
+    if rules.sideless_follows_clause_side:
+        votes = _sides_from_clause(votes, owners)
     if any(m.term.side == _BOTH for m in mentions):
         votes.extend(_anaphora_votes(clause, mentions, g, rules))
     if "solitary" in clause:
@@ -496,6 +521,33 @@ def _votes_in_clause(clause: str, g: _Grammar, rules: TagRules) -> list[_Vote]:
                 other = "left" if hit.group(1) == "right" else "right"
                 votes.append(_Vote(concept, _ABSENT, frozenset((other,)), False, hit.group(0), "solitary organ", clause))
     return votes
+
+
+def _sides_from_clause(votes: list[_Vote], owners: list[int]) -> list[_Vote]:
+    """Give a side-less *present* vote the side of the nearest placed present vote of its organ.
+
+    "Unremarkable left kidney without hydronephrosis": "hydronephrosis" has no side of its own, but
+    the clause is about the left kidney, so it must not tag the right one. The nearest placed
+    mention before it wins, else the nearest one after it ("without hydronephrosis, the left kidney
+    is normal"). Only present votes lend or take a side: an absent organ has no findings.
+    """
+    placed: dict[str, list[tuple[int, frozenset[str], str]]] = {}
+    for vote, owner in zip(votes, owners):
+        if vote.sides is not None and vote.strength == _PRESENT:
+            placed.setdefault(vote.concept, []).append((owner, vote.sides, vote.term))
+    if not placed:
+        return votes
+    out = []
+    for vote, owner in zip(votes, owners):
+        sources = placed.get(vote.concept)
+        if vote.sides is None and vote.strength == _PRESENT and sources:
+            before = [s for s in sources if s[0] < owner]
+            after = [s for s in sources if s[0] > owner]
+            if before or after:
+                _, sides, term = before[-1] if before else after[0]  # sources are in reading order
+                vote = replace(vote, sides=sides, reason=f"{vote.reason}, side of {term!r} in the clause")
+        out.append(vote)
+    return out
 
 
 def _anaphora_votes(clause: str, mentions: list[_Mention], g: _Grammar, rules: TagRules) -> list[_Vote]:
@@ -553,6 +605,10 @@ def _decide(
         return _absent_or_hedged(clause, m.chain_start, m.end, g, rules, floor, "removal")
     # organ nouns
     if post is not None:
+        part = g.part_of.search(clause, max(0, m.start - rules.side_window), m.start)
+        if part is not None:
+            # "the upper pole of the left kidney is not imaged": the rest of the kidney is there
+            return _PRESENT, False, f"after-cue on a part ({part.group(0).strip()!r})"
         if post.group("partial") is not None:
             return _PRESENT, False, f"after-cue {post.group('partial')!r}"
         if post.group("uncertain") is not None:

@@ -18,6 +18,8 @@ How to extend
   inherits statements about the whole lung): add it to :data:`LABEL_CONCEPTS`.
 * A phrase that looks like an organ but is not ("renal artery", "portal venous phase"): add it to
   :data:`IGNORED_TERMS`; matching it consumes the words so they never tag anything.
+* Another way to say "outside the image" (a field of view, a scan range, a slice): extend
+  :data:`IMAGE_EXTENT`; the after-cues and the negation scope pick it up.
 
 Term kinds (the keys of an :data:`ORGANS` entry)
 -------------------------------------------------
@@ -56,13 +58,17 @@ __all__ = [
     "HEDGE_TRAILING",
     "HEDGE_WORDS",
     "IGNORED_TERMS",
+    "IMAGE_EXTENT",
+    "IN_IMAGE_EXTENT",
     "LABEL_ALIASES",
     "LABEL_CONCEPTS",
     "LIST_CONNECTORS",
     "MULTI_ORGAN_PROCEDURES",
     "NEGATION_CUES",
     "ORGANS",
+    "OUT_OF_IMAGE_EXTENT",
     "PARTIAL_QUALIFIERS",
+    "PART_OF_ORGAN",
     "POST_ABSENT",
     "POST_FILLERS",
     "POST_PARTIAL",
@@ -95,7 +101,7 @@ ORGANS: dict[str, dict[str, object]] = {
         "fossa": [],
     },
     "spleen": {
-        "noun": ["spleen", "splenic tissue"],
+        "noun": ["spleen", r"splenic\s+(?:tissue|parenchyma)"],
         "finding": ["splenic", "splenomegaly", "perisplenic", "splenic lesion", "polysplenia"],
         "removed": ["splenectomy", "splenectomies", "asplenia", "asplenic"],
         "fossa": ["splenic bed", "splenectomy bed", "splenic fossa"],
@@ -126,12 +132,12 @@ ORGANS: dict[str, dict[str, object]] = {
         "fossa": [r"gallbladder\s+(?:fossa|bed)", r"gall[\s-]+bladder\s+(?:fossa|bed)", "cholecystectomy bed"],
     },
     "esophagus": {
-        "noun": ["esophagus", "oesophagus"],
+        "noun": ["esophagus", "oesophagus", r"esophageal\s+tissue", r"oesophageal\s+tissue"],
         "finding": ["esophageal", "oesophageal", "distal esophageal", "periesophageal", "esophag[a-z]*", "oesophag[a-z]*"],
         "removed": ["esophagectomy", "oesophagectomy"],
     },
     "stomach": {
-        "noun": ["stomach"],
+        "noun": ["stomach", r"gastric\s+tissue"],
         "finding": [
             "gastric", "gastritis", "perigastric", "gastrostomy", "gastroparesis", "hiatal hernia",
             "hiatus hernia", "gastric bypass",
@@ -171,7 +177,7 @@ ORGANS: dict[str, dict[str, object]] = {
         "removed": ["adrenalectomy", "adrenalectomies"],
     },
     "duodenum": {
-        "noun": ["duodenum"],
+        "noun": ["duodenum", r"duodenal\s+tissue"],
         "finding": ["duodenal", "periduodenal"],
         "removed": ["duodenectomy"],
     },
@@ -182,12 +188,12 @@ ORGANS: dict[str, dict[str, object]] = {
         "partial": [r"partial\s+cystectomy"],
     },
     "prostate": {
-        "noun": ["prostate"],
+        "noun": ["prostate", r"prostatic\s+tissue"],
         "finding": ["prostatic", "prostatomegaly", "prostate gland"],
         "removed": ["prostatectomy", "cystoprostatectomy"],
     },
     "uterus": {
-        "noun": ["uterus"],
+        "noun": ["uterus", r"uterine\s+tissue"],
         "finding": ["uterine", "endometrial", "endometrium", "myometrium", "myometrial"],
         "removed": ["hysterectomy"],
         "partial": [r"supracervical\s+hysterectomy"],
@@ -324,6 +330,21 @@ LABEL_ALIASES: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------------
 # Cues. All are regex fragments on lower-cased text.
 # ---------------------------------------------------------------------------------------------------
+#: The part of the body the image shows: the field of view, the scan range, or (for one axial slice)
+#: "this level". An organ outside it is absent *from the image* (tag 0), whatever the patient has.
+IMAGE_EXTENT: str = (
+    r"(?:(?:the\s+)?(?:field\s+of\s+view|fov|(?:scan(?:ned)?|imag(?:ed|ing))\s+(?:range|volume|field|region|area)"
+    r"|scan\s+coverage|imaged\s+levels?)"
+    r"|(?:this|the\s+(?:current|present|same))\s+(?:level|slice|section|image|cut))"
+)
+
+#: Where an organ is said to be, relative to :data:`IMAGE_EXTENT`: inside it ("no splenic tissue
+#: *at this level*", "not *in the field of view*") ...
+IN_IMAGE_EXTENT: str = rf"(?:at|on|in|within|inside)\s+{IMAGE_EXTENT}"
+
+#: ... or outside it ("*above the field of view*", "*outside the scan range*").
+OUT_OF_IMAGE_EXTENT: str = rf"(?:(?:outside|above|below|beyond|out)(?:\s+of)?|excluded\s+from)\s+{IMAGE_EXTENT}"
+
 #: Words that negate what follows: the organ itself ("no spleen is seen") or a finding ("no
 #: splenomegaly"). Which one depends on what is negated (see :mod:`mosmoskit.reports.tags`).
 NEGATION_CUES: list[str] = [
@@ -353,12 +374,23 @@ PRE_FILLERS: list[str] = [
 #: Links between the items of a list ("the liver, spleen and pancreas"; "no gallbladder or spleen").
 LIST_CONNECTORS: list[str] = ["or", "and", "nor", "the", "a", "an", "either", "left", "right", "both", "bilateral"]
 
+_SEEN = (
+    r"(?:seen|identified|visuali[sz]ed|visible|present|noted|evident|demonstrated|detected|appreciated|appreciable"
+    r"|found|depicted|discernible|identifiable)\b"
+)
+
 #: After a negated organ noun, what makes it "the organ is not there" rather than a finding of the
-#: organ: the end of the clause, a list end, or a verb of seeing ("no gallbladder is identified").
-#: Anything else ("no liver lesion") makes the negation about the finding.
+#: organ: the end of the clause, a list end, or a verb of seeing, bare or after an auxiliary ("no
+#: gallbladder is identified", "no spleen can be seen"). Anything else ("no liver lesion") makes the
+#: negation about the finding, and so does a verb that is not one of seeing: in "no hepatomegaly,
+#: and the spleen is normal" the list under "no" ends at "spleen", but "is normal" describes it.
 CONTINUATION_ABSENCE: list[str] = [
-    r"[,.;:)(]", "$", r"(?:is|are|was|were|can|could|has|have)\b", r"(?:seen|identified|visuali[sz]ed|present|noted|evident|demonstrated|detected|appreciated)\b",
+    r"[,.;:)(]", "$", _SEEN,
+    r"(?:is|are|was|were|has|have|had|can|could)(?:\s+(?:be|been|not|definitely|definitively|clearly|convincingly"
+    r"|confidently|reliably|now|otherwise|currently|still|[a-z]+ly))*\s+" + _SEEN,
     r"(?:status|s/p|post)\b", r"(?:tissue|remains?)\b",
+    # "no splenic tissue at this level", "no spleen (is) within the field of view": not in the image
+    rf"(?:(?:is|are|was|were)\s+)?{IN_IMAGE_EXTENT}\b",
 ]
 
 #: Words allowed between an organ and an after-cue ("the spleen *has been surgically* removed", "the
@@ -367,7 +399,8 @@ CONTINUATION_ABSENCE: list[str] = [
 POST_FILLERS: list[str] = [
     "is", "are", "was", "were", "has", "have", "had", "been", "be", "appears", "appear", "seems",
     "seem", "to", "also", "again", "now", "either", "both", "already", "completely", "entirely",
-    "previously", "still", "therefore", "thus", "itself", "themselves",
+    "previously", "still", "therefore", "thus", "itself", "themselves", "lies", "lie", "located",
+    "situated",
 ]
 
 #: After-cues that say the organ is not there.
@@ -379,18 +412,43 @@ POST_ABSENT: list[str] = [
     r"no\s+longer\s+(?:seen|visuali[sz]ed|identified|visible|present|demonstrated)",
     "missing", r"status\s+post\s+(?:removal|resection)",
     r"(?:is|are|was|were)n['’]?t\s+(?:been\s+)?(?:seen|visuali[sz]ed|identified|visible|demonstrated|detected|present)",
+    # Outside the image: absent from the image (a spec decision: the tag says what the image shows).
+    # "not included (at this level | in the field of view | in the scan range)", "not imaged".
+    # ("not included in its entirety" is partial coverage: POST_PARTIAL is tried first.)
+    r"not\s+(?:been\s+)?(?:included|imaged)",
+    rf"not\s+{IN_IMAGE_EXTENT}",  # "not at this level", "not in the field of view"
+    OUT_OF_IMAGE_EXTENT,  # "outside / above / below the field of view", "excluded from the scan range"
 ]
 
 #: After-cues that leave presence open ("the gallbladder is not well seen"): uncertain (-1).
 POST_UNCERTAIN: list[str] = [
     r"not\s+(?:well|clearly|adequately|optimally|fully|definitely|confidently|reliably|convincingly|entirely|definitively|separately)\s+(?:seen|visuali[sz]ed|identified|evaluated|assessed|delineated|demonstrated|imaged)",
-    r"(?:poorly|suboptimally|incompletely|partially)\s+(?:seen|visuali[sz]ed|evaluated|assessed|delineated|imaged)",
-    r"obscured", r"not\s+(?:imaged|included|evaluated|assessed)",
-    r"(?:outside|excluded\s+from|not\s+in|beyond)\s+the\s+(?:field|scan\s+range|imaging\s+field)",
+    r"(?:poorly|suboptimally|incompletely|partially)\s+(?:seen|visuali[sz]ed|evaluated|assessed|delineated)",
+    r"obscured", r"not\s+(?:evaluated|assessed)",
 ]
 
-#: After-cues that say only part was removed: present.
-POST_PARTIAL: list[str] = [r"partially\s+(?:resected|removed|excised)", r"partially\s+absent"]
+#: After-cues that say only part of the organ is gone or out of the image: present. They are tried
+#: before the uncertain and absent ones, so "not fully included" is partial coverage (the organ
+#: has voxels in the image), not "not included".
+POST_PARTIAL: list[str] = [
+    r"partially\s+(?:resected|removed|excised)", r"partially\s+absent",
+    # partly inside the image
+    r"not\s+(?:fully|entirely|completely|wholly)\s+(?:included|imaged)",
+    r"(?:partially|partly|incompletely)\s+(?:included|imaged)",
+    r"not\s+(?:been\s+)?(?:included|imaged)\s+(?:in\s+(?:its|their)\s+entirety|in\s+full|completely|entirely)",
+    rf"(?:partly|partially|incompletely)\s+{OUT_OF_IMAGE_EXTENT}",  # "partly outside the field of view"
+]
+
+#: "The *upper pole of the* left kidney is not imaged", "the *tail of the* pancreas is outside the
+#: field of view": an after-cue on the organ named after one of these speaks of a part of it, and
+#: the rest of the organ is there (present). Matched right before the organ word (side words may
+#: sit in between).
+PART_OF_ORGAN: list[str] = [
+    r"(?:upper|lower|superior|inferior|cranial|caudal)\s+(?:poles?|portions?|parts?|aspects?|margins?|edges?|extent|tips?)",
+    "poles?", "domes?", "tips?", "tail", "head", "neck", "body", "fundus", "apex", "base", "portions?",
+    "parts?", "aspects?", "margins?", "edges?", "segments?", "lobes?", "remainder", "rest", "most",
+    "majority", "some", "bulk",
+]
 
 #: Qualifiers before a removal word that keep part of the organ ("partial nephrectomy", "distal
 #: pancreatectomy").
