@@ -1,11 +1,13 @@
 """The README's main job, end to end on the phantom cohort, with no download.
 
-Stages, in order (each is timed; later work appends pre-training, fine-tuning and the notebooks):
+Stages, in order (each is timed):
 
   data3d     generate a 3D phantom cohort            -> RUN_DIR/data3d
   data2d     generate a 2D axial-slice cohort        -> RUN_DIR/data2d
   summary3d  summarise the 3D cohort                 -> RUN_DIR/summary3d
   summary2d  summarise the 2D cohort                 -> RUN_DIR/summary2d
+  pretrain2d report-supervised pre-training on the   -> RUN_DIR/pretrain2d
+             2D slices (about 5 min on 2 CPU cores)
 
 RUN_DIR/demo.json records the settings and the stages that finished (with their timings).
 
@@ -32,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-HELP = "run the whole demo on phantoms: data, summaries (more stages to come)"
+HELP = "the main job on phantoms: data, summaries, report-supervised pre-training"
 
 #: The file in RUN_DIR that records settings and finished stages.
 STATE_FILE = "demo.json"
