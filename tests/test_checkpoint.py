@@ -15,6 +15,7 @@ from mosmoskit.labels import LabelMap, load_label_map
 from mosmoskit.training import checkpoint as ckpt_module
 from mosmoskit.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
     checkpoint_name,
     checkpoint_step,
@@ -23,7 +24,9 @@ from mosmoskit.training.checkpoint import (
     link_last,
     list_checkpoints,
     load_checkpoint,
+    payload_digest,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 
@@ -64,7 +67,8 @@ def test_round_trip_keeps_state_config_and_label_map(tmp_path):
                  state={"model": model.state_dict(), "trainer": {"step": 7}})
     loaded = load_checkpoint(path)
 
-    assert loaded["format"] == CHECKPOINT_FORMAT and loaded["format_version"] == 1
+    assert loaded["format"] == CHECKPOINT_FORMAT and loaded["format_version"] == CHECKPOINT_FORMAT_VERSION == 2
+    assert loaded["checksum"] == payload_digest(loaded) and loaded["checksum"].startswith("sha256:")
     assert loaded["kind"] == "pretrain"
     assert loaded["kit_version"] == mosmoskit.__version__
     assert loaded["torch_version"] == str(torch.__version__)
@@ -151,10 +155,10 @@ def test_foreign_torch_files_are_not_checkpoints(tmp_path):
 
 
 def test_newer_format_version_asks_for_an_upgrade(tmp_path, monkeypatch):
-    monkeypatch.setattr(ckpt_module, "CHECKPOINT_FORMAT_VERSION", 2)
+    monkeypatch.setattr(ckpt_module, "CHECKPOINT_FORMAT_VERSION", 3)
     path = _save(tmp_path / "future.pt")
     monkeypatch.undo()
-    with pytest.raises(CheckpointError, match=r"future\.pt has format version 2.*reads up to version 1: upgrade"):
+    with pytest.raises(CheckpointError, match=r"future\.pt has format version 3.*reads up to version 2: upgrade"):
         load_checkpoint(path)
 
 
@@ -259,3 +263,115 @@ def test_link_last_replaces_atomically(tmp_path):
                                                            "last.pt"]
     if hasattr(os, "link"):
         assert os.path.samefile(tmp_path / "last.pt", second)
+
+
+# ------------------------------------------------------------------------------------ checksums
+def _tensor_record_offset(path: Path) -> tuple[int, int]:
+    """(offset, size) of the largest tensor's raw bytes inside a ``torch.save`` zip archive."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def _save_big(path: Path) -> tuple[Path, torch.Tensor]:
+    weight = torch.arange(4096, dtype=torch.float32) / 7.0
+    return save_checkpoint(path, state={"model": {"w": weight}}, config={"lr": 0.1}, kind="pretrain"), weight
+
+
+def test_a_flipped_bit_in_a_weight_is_caught_by_the_checksum(tmp_path):
+    path, weight = _save_big(tmp_path / "flip.pt")
+    offset, size = _tensor_record_offset(path)
+    assert size == weight.numel() * 4
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    # The control: torch itself reads the damaged file without complaint, with a changed weight.
+    silently = torch.load(path, weights_only=True)
+    assert not torch.equal(silently["state"]["model"]["w"], weight)
+    for kwargs in ({}, {"mmap": True}):
+        with pytest.raises(CheckpointError, match=r"flip\.pt: checksum mismatch \(the file is corrupt or was modified\)"):
+            load_checkpoint(path, **kwargs)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        describe_checkpoint(path)
+
+
+def test_an_edited_checkpoint_is_caught_by_the_checksum(tmp_path):
+    path, _ = _save_big(tmp_path / "edited.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["lr"] = 0.2  # re-saved with the old checksum, as a hand edit would be
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"edited\.pt: checksum mismatch"):
+        load_checkpoint(path)
+
+
+def test_missing_checksum_and_old_format_are_refused(tmp_path):
+    path, _ = _save_big(tmp_path / "c.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["checksum"]
+    torch.save(payload, tmp_path / "nosum.pt")
+    with pytest.raises(CheckpointError, match=r"nosum\.pt has no valid checksum entry"):
+        load_checkpoint(tmp_path / "nosum.pt")
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "v1.pt")
+    with pytest.raises(CheckpointError, match=r"v1\.pt has format version 1.*before checkpoints carried a checksum"):
+        load_checkpoint(tmp_path / "v1.pt")
+
+
+def test_payload_digest_follows_its_documented_encoding():
+    import hashlib
+
+    def put(tag: bytes, content: bytes = b"") -> bytes:
+        return tag + len(content).to_bytes(8, "little") + content
+
+    # {"x": 1, "t": tensor([1., 2.])}: a map of 2 entries, keys sorted ("t" < "x").
+    encoded = (put(b"M", (2).to_bytes(8, "little"))
+               + put(b"S", b"t") + put(b"T", b"torch.float32(2,)") + put(b"R") + (8).to_bytes(8, "little")
+               + np.array([1.0, 2.0], dtype="<f4").tobytes()
+               + put(b"S", b"x") + put(b"I", b"1"))
+    expected = "sha256:" + hashlib.sha256(encoded).hexdigest()
+    assert payload_digest({"x": 1, "t": torch.tensor([1.0, 2.0])}) == expected
+    # The stored checksum itself is never part of what it covers.
+    assert payload_digest({"t": torch.tensor([1.0, 2.0]), "x": 1, "checksum": "sha256:0"}) == expected
+
+
+def test_payload_digest_sees_values_dtypes_and_shapes():
+    base = {"w": torch.zeros(2, 3), "lr": 0.1, "names": ["a", "b"]}
+    digest = payload_digest(base)
+    assert payload_digest({"names": ("a", "b"), "lr": 0.1, "w": torch.zeros(2, 3)}) == digest  # order, tuple
+    changed_value = dict(base, w=torch.zeros(2, 3).index_fill_(1, torch.tensor([2]), 1e-30))
+    changes = [changed_value, dict(base, w=torch.zeros(3, 2)), dict(base, w=torch.zeros(2, 3, dtype=torch.int32)),
+               dict(base, lr=0.1000001), dict(base, names=["a", "c"]), dict(base, extra=None), {"w": base["w"]}]
+    assert len({payload_digest(c) for c in changes} | {digest}) == len(changes) + 1
+    # Values that look alike in JSON still differ: 1 vs 1.0 vs True vs "1".
+    assert len({payload_digest({"v": v}) for v in (1, 1.0, True, "1")}) == 4
+    with pytest.raises(TypeError, match=r"payload\['v'\] is a builtins.set"):
+        payload_digest({"v": {1, 2}})
+
+
+def test_load_verifies_on_the_cpu_then_moves_to_map_location(tmp_path):
+    path, weight = _save_big(tmp_path / "c.pt")
+    moved = load_checkpoint(path, map_location="meta")  # every machine has the meta device
+    assert moved["state"]["model"]["w"].device.type == "meta"
+    assert torch.equal(load_checkpoint(path, map_location=None)["state"]["model"]["w"], weight)
+    with pytest.raises(ValueError, match="map_location must be a device"):
+        load_checkpoint(path, map_location="gpu-please")
+
+
+def test_remove_stale_temporaries_touches_only_killed_writes(tmp_path):
+    keep = [tmp_path / "checkpoint_step000002.pt", tmp_path / "notes.txt", tmp_path / ".hidden_user_file"]
+    stale = [tmp_path / ".checkpoint_step000004.pt.ab_12cd.tmp.pt", tmp_path / ".last.pt.x9y8z7w6.tmp.pt",
+             tmp_path / ".history.jsonl.qwerty12.tmp.jsonl"]
+    for p in keep + stale:
+        p.write_bytes(b"x")
+    removed = remove_stale_temporaries(tmp_path, names=("history.jsonl",))
+    assert removed == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        remove_stale_temporaries(tmp_path / "missing")

@@ -24,6 +24,7 @@ from mosmoskit.device import (
     set_rng_state,
 )
 from mosmoskit.labels import load_label_map
+from mosmoskit.provenance import read_run_record
 from mosmoskit.training import (
     Callback,
     LiveLossPlot,
@@ -238,7 +239,7 @@ def test_checkpoint_carries_config_label_map_and_kind(tmp_path):
     assert info["label_map"] == label_map.to_dict()
     assert info["state_keys"] == ["model", "optimizer", "rng", "scaler", "scheduler", "trainer"]
     names = sorted(p.name for p in tmp_path.joinpath("run").iterdir())
-    assert names == ["checkpoint_step000004.pt", "history.jsonl", "last.pt"]
+    assert names == ["checkpoint_step000004.pt", "history.jsonl", "last.pt", "run_record.json"]
     assert latest_checkpoint(config.output_dir) == result.last_checkpoint
 
 
@@ -338,7 +339,9 @@ def test_existing_run_is_not_clobbered_without_permission(tmp_path):
     result = Trainer(task, over, train_dataset=_regression_data(16), batch_size=8).fit()
     assert task.calls == 3
     assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["checkpoint_step000003.pt", "history.jsonl",
-                                                                           "last.pt"]
+                                                                           "last.pt", "run_record.json"]
+    # The earlier run's record went with it: the new record knows one session only.
+    assert len(read_run_record(tmp_path / "run")["sessions"]) == 1
     assert [r["step"] for r in _history_file(over)] == [1, 2, 3] == [r["step"] for r in result.history]
 
 
@@ -447,7 +450,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     assert err.value.step == 5 and math.isnan(err.value.terms["mse"]) and math.isfinite(err.value.terms["l1"])
     folder = tmp_path / "run"
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_step000002.pt", "checkpoint_step000004.pt",
-                                                        "history.jsonl", "last.pt"]
+                                                        "history.jsonl", "last.pt", "run_record.json"]
     assert (folder / "checkpoint_step000004.pt").read_bytes() == task.bytes_before
     assert load_checkpoint(folder / "last.pt")["state"]["trainer"]["step"] == 4
     assert [r["step"] for r in _history_file(config)] == [1, 2, 3, 4]

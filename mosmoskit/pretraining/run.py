@@ -89,7 +89,8 @@ def _prepare_folder(config: PretrainConfig) -> Path:
                 f"{out} already holds a finished pre-training run (metrics.json); choose another "
                 f"output_dir or set overwrite=True"
             )
-        for target in [*out.glob("checkpoint_step*.pt"), out / "last.pt", out / "history.jsonl", out / "metrics.json"]:
+        for target in [*out.glob("checkpoint_step*.pt"), out / "last.pt", out / "history.jsonl", out / "metrics.json",
+                       out / "run_record.json"]:
             target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -181,6 +182,8 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
         kind=CHECKPOINT_KIND,
         run_config=config_to_dict(config),
         label_map=label_map,
+        # recorded with their hashes in run_record.json (what exactly was trained on)
+        data_files=[c["image"] for c in split["train"] + split["val"]],
     )
     start = time.perf_counter()
     fit = trainer.fit()

@@ -6,8 +6,10 @@
 * :class:`SeededDataset`, :class:`SeededBatchSampler`, :func:`make_train_loader`: a data order and
   per-sample augmentation that are functions of ``(seed, epoch, index)``, which is what makes an
   interrupted and resumed run end with exactly the weights of an uninterrupted one.
-* :func:`save_checkpoint`, :func:`load_checkpoint` (``weights_only=True``), :func:`latest_checkpoint`,
-  :func:`describe_checkpoint`: self-describing checkpoint files carrying config and label map.
+* :func:`save_checkpoint`, :func:`load_checkpoint` (``weights_only=True``, checksum verified),
+  :func:`latest_checkpoint`, :func:`describe_checkpoint`: self-describing checkpoint files carrying
+  config and label map, written atomically.
+* :class:`RunFolderLock`: one trainer per run folder at a time.
 * :class:`Callback`, :class:`LiveLossPlot`: hooks for notebooks (live loss curves).
 """
 
@@ -22,9 +24,12 @@ from mosmoskit.training.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    payload_digest,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
 )
+from mosmoskit.training.lock import RunFolderBusyError, RunFolderLock
 from mosmoskit.training.loop import (
     HISTORY_NAME,
     NonFiniteLossError,
@@ -47,6 +52,8 @@ __all__ = [
     "CheckpointError",
     "LiveLossPlot",
     "NonFiniteLossError",
+    "RunFolderBusyError",
+    "RunFolderLock",
     "SeededBatchSampler",
     "SeededDataset",
     "Task",
@@ -61,8 +68,10 @@ __all__ = [
     "load_checkpoint",
     "lr_factor",
     "make_train_loader",
+    "payload_digest",
     "plot_history",
     "prune_checkpoints",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "seed_worker",
 ]

@@ -3,13 +3,14 @@
 A mosmoskit checkpoint is a single ``torch.save`` file holding a dict::
 
     {
-        "format": "mosmoskit-checkpoint", "format_version": 1,
+        "format": "mosmoskit-checkpoint", "format_version": 2,
         "kind": "pretrain" | "finetune" | ...,
         "kit_version": "0.1.0", "torch_version": "2.x", "created": "2025-01-01T12:00:00+00:00",
         "config": {...},        # the resolved run config: enough to rebuild the model
         "label_map": {...},     # LabelMap.to_dict() or None: the organ names behind every output channel
         "state": {...},         # state dicts: "model", "optimizer", "scheduler", "scaler", "trainer", "rng"
         "extra": {...},         # anything else the writer wants to keep (plain types)
+        "checksum": "sha256:...",  # SHA-256 of everything above (see below)
     }
 
 Everything in it is a tensor or a plain Python value (dict, list, tuple, str, int, float, bool,
@@ -17,8 +18,18 @@ None), which :func:`save_checkpoint` checks before writing. That is what lets
 :func:`load_checkpoint` use ``torch.load(weights_only=True)``: a file that would need arbitrary
 Python objects to be rebuilt (and could run code while doing so) is refused, never unpickled.
 
+**Integrity.** The ``checksum`` is the SHA-256 of a canonical encoding of every other entry (its
+type, every dict key, every plain value, and for each tensor its dtype, shape and raw bytes; see
+:func:`payload_digest`). It is embedded rather than kept in a sidecar file so that a checkpoint is
+always one file that is written, renamed, linked and copied in one piece. :func:`load_checkpoint`
+reads the file on the CPU, recomputes the digest and compares it *before it returns anything*, so a
+truncated file, a foreign file, a bit flip in a weight (which ``torch.load`` itself does not notice)
+or a hand-edited file never reaches a model; the error names the path and what is wrong. Format
+version 1 (development versions, without a checksum) is refused.
+
 Files are written through :func:`mosmoskit.io.atomic_path` (temporary file, fsync, rename), so a
-run killed while saving leaves the previous checkpoint intact. Training loops name them
+run killed while saving leaves the previous checkpoint intact; the dot-named temporary file it may
+leave is never mistaken for a checkpoint and :func:`remove_stale_temporaries` clears it. Training loops name them
 ``checkpoint_step000100.pt`` (the optimiser step in the name) and keep ``last.pt`` pointing at the
 newest; :func:`latest_checkpoint` finds it and :func:`prune_checkpoints` keeps the newest few.
 
@@ -33,10 +44,12 @@ Example (``model`` is any ``nn.Module``)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import shutil
+import struct
 import zipfile
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -60,12 +73,18 @@ __all__ = [
     "link_last",
     "list_checkpoints",
     "load_checkpoint",
+    "payload_digest",
     "prune_checkpoints",
+    "remove_stale_temporaries",
     "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "mosmoskit-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+# Version 2 introduced the embedded checksum; older files cannot be verified and are refused.
+_FIRST_CHECKSUMMED_VERSION = 2
+CHECKSUM_KEY = "checksum"
+_CHECKSUM = re.compile(r"^sha256:[0-9a-f]{64}$")
 LAST_NAME = "last.pt"
 _STEP_NAME = re.compile(r"^checkpoint_step(\d+)\.pt$")
 _STEP_DIGITS = 6
@@ -123,6 +142,7 @@ def save_checkpoint(
     }
     for key in ("config", "label_map", "state", "extra"):
         _check_plain(payload[key], key)
+    payload[CHECKSUM_KEY] = payload_digest(payload)
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -141,6 +161,9 @@ def _check_plain(value: Any, where: str) -> None:
         if type(value) is not torch.Tensor and not isinstance(value, torch.nn.Parameter):
             raise TypeError(f"{where} is a {type(value).__name__} (a tensor subclass); store a plain tensor "
                             f"(value.detach().clone().as_subclass(torch.Tensor))")
+        if value.layout != torch.strided or value.is_quantized:
+            raise TypeError(f"{where} is a {value.layout} tensor{' (quantized)' if value.is_quantized else ''}; "
+                            f"checkpoints hold dense tensors (value.to_dense() / value.dequantize())")
         return
     if type(value) in (dict, OrderedDict):
         for k, v in value.items():
@@ -161,32 +184,125 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------ checksum
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    """The checksum of a checkpoint payload: ``"sha256:<64 hex digits>"``.
+
+    The SHA-256 runs over a canonical encoding of every entry except ``checksum`` itself: each value
+    is written as a type tag, a length and its content (dict keys in sorted order, lists and tuples
+    alike, floats as IEEE-754 doubles, strings as UTF-8, each tensor as its dtype, shape and raw
+    bytes in the machine's byte order). The encoding, not the ``torch.save`` bytes, is hashed because
+    the bytes of a zip archive are not a function of its content alone (``torch.save`` writes a
+    random serialisation id), while the decoded content is what reaches a model.
+
+    Args:
+        payload: the checkpoint dict (tensors on any device; non-CPU tensors are copied to the CPU).
+
+    Returns:
+        ``"sha256:"`` followed by the hex digest.
+
+    Raises:
+        TypeError: a value that is not a tensor or plain Python value (see :func:`save_checkpoint`).
+    """
+    digest = hashlib.sha256()
+    body = {k: v for k, v in payload.items() if k != CHECKSUM_KEY}
+    _hash_value(digest, body, "payload")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _hash_value(digest: Any, value: Any, where: str) -> None:
+    """Feed ``value``'s canonical encoding into ``digest`` (tag byte, 8-byte length, content)."""
+
+    def put(tag: bytes, content: bytes = b"") -> None:
+        digest.update(tag + len(content).to_bytes(8, "little") + content)
+
+    # bool before int (bool is an int); tensor before the containers (torch.Size is a tuple).
+    if value is None:
+        put(b"N")
+    elif isinstance(value, bool):
+        put(b"B", b"\x01" if value else b"\x00")
+    elif isinstance(value, int):
+        put(b"I", str(int(value)).encode("ascii"))
+    elif isinstance(value, float):
+        put(b"F", struct.pack("<d", value))
+    elif isinstance(value, str):
+        put(b"S", value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, bytes):
+        put(b"Y", value)
+    elif isinstance(value, torch.dtype):
+        put(b"D", str(value).encode("ascii"))
+    elif isinstance(value, torch.device):
+        put(b"V", str(value).encode("ascii"))
+    elif isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.is_quantized:
+            raise TypeError(f"{where} is a {value.layout} tensor; checkpoints hold dense tensors")
+        tensor = value.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        # resolve_conj/neg: lazily conjugated or negated views must hash as the values they stand for.
+        flat = tensor.resolve_conj().resolve_neg().contiguous().reshape(-1)
+        put(b"T", f"{tensor.dtype}{tuple(tensor.shape)}".encode("ascii"))
+        raw = flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
+        put(b"R")  # the raw bytes follow, without a copy: hashlib reads the tensor's memory directly
+        digest.update(raw.numel().to_bytes(8, "little"))
+        if raw.numel():
+            digest.update(memoryview(raw.numpy()))
+    elif isinstance(value, torch.Size):
+        put(b"Z", b"".join(int(n).to_bytes(8, "little") for n in value))
+    elif isinstance(value, (list, tuple)):
+        put(b"L", len(value).to_bytes(8, "little"))
+        for i, item in enumerate(value):
+            _hash_value(digest, item, f"{where}[{i}]")
+    elif isinstance(value, Mapping):
+        put(b"M", len(value).to_bytes(8, "little"))
+        # Sorted by (key type, key text): the digest does not depend on insertion order.
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            _hash_value(digest, key, f"{where} key")
+            _hash_value(digest, value[key], f"{where}[{key!r}]")
+    else:
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which a checkpoint "
+                        f"cannot hold")
+
+
 # ------------------------------------------------------------------------------------ reading
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything else.
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`, refusing anything else.
+
+    The file is read on the CPU with ``torch.load(weights_only=True)`` and checked in this order:
+    readable archive, mosmoskit format, supported format version, checksum, required entries. Only
+    then are tensors moved to ``map_location`` and the dict returned: nothing from a damaged or
+    foreign file can reach a model.
 
     Args:
         path: the checkpoint file.
-        map_location: where tensors go (``"cpu"``, a ``torch.device``...), as for ``torch.load``.
-        mmap: map tensor storage from the file instead of reading it (cheap inspection of large
-            files; the tensors are read-only views of the file).
+        map_location: the device tensors go to (``"cpu"``, ``"cuda"``, a ``torch.device``; ``None``
+            is the CPU). Verification always happens on the CPU copy.
+        mmap: map tensor storage from the file instead of reading it into memory (the tensors are
+            read-only views of the file; verification still reads every byte once).
 
     Returns:
-        The checkpoint dict (see the module docstring for its keys).
+        The checkpoint dict (see the module docstring for its keys), ``checksum`` included.
 
     Raises:
         FileNotFoundError: ``path`` does not exist or is a folder.
+        ValueError: ``map_location`` is not a device.
         CheckpointError: a truncated or corrupt file, a file that needs arbitrary Python objects to
             load (refused: ``weights_only=True``), a PyTorch file that is not a mosmoskit checkpoint,
-            or a checkpoint written by a newer mosmoskit (newer format version).
+            a checkpoint of an unsupported format version (newer, or version 1 without a checksum),
+            or a checksum mismatch (the file is corrupt or was modified).
     """
     path = Path(path)
+    try:
+        device = torch.device("cpu" if map_location is None else map_location)
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"map_location must be a device such as 'cpu' or 'cuda', got {map_location!r}") from err
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise FileNotFoundError(f"checkpoint {path} is a folder; give a file (latest_checkpoint(folder) finds one)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint {path} was refused: it is not a valid PyTorch file, or it holds Python objects other "
@@ -209,7 +325,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
             f"'format': {CHECKPOINT_FORMAT!r})"
         )
     version = payload.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"checkpoint {path} has an invalid format_version {version!r}")
     if version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
@@ -217,10 +333,49 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
             f"{payload.get('kit_version', '?')}; this mosmoskit {mosmoskit.__version__} reads up to version "
             f"{CHECKPOINT_FORMAT_VERSION}: upgrade mosmoskit to read it"
         )
+    if version < _FIRST_CHECKSUMMED_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, written by a development version of mosmoskit "
+            f"before checkpoints carried a checksum, so its integrity cannot be verified; train it again (or "
+            f"re-save it with save_checkpoint after checking it yourself)"
+        )
+    _verify_checksum(path, payload)
     missing = [k for k in ("kind", "config", "state") if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}; the file is damaged")
+    if device.type != "cpu":
+        payload = _to_device(payload, device)
     return dict(payload)
+
+
+def _verify_checksum(path: Path, payload: Mapping[str, Any]) -> None:
+    """Raise ``CheckpointError`` unless ``payload``'s embedded checksum matches its content."""
+    stored = payload.get(CHECKSUM_KEY)
+    if not isinstance(stored, str) or not _CHECKSUM.match(stored):
+        raise CheckpointError(
+            f"checkpoint {path} has no valid checksum entry ({CHECKSUM_KEY!r} = {str(stored)[:80]!r}); the file "
+            f"is damaged or was not written by save_checkpoint"
+        )
+    try:
+        actual = payload_digest(payload)
+    except TypeError as err:
+        raise CheckpointError(f"checkpoint {path} holds a value a checkpoint cannot hold: {err}") from err
+    if actual != stored:
+        raise CheckpointError(
+            f"checkpoint {path}: checksum mismatch (the file is corrupt or was modified): it records "
+            f"{stored[:19]}... but its content hashes to {actual[:19]}..."
+        )
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor moved to ``device`` (containers rebuilt with the same types)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return type(value)((k, _to_device(v, device)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def _unpickling_reason(err: Exception) -> str:
@@ -255,7 +410,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         A dict with ``path``, ``size_bytes``, ``kind``, ``format_version``, ``kit_version``,
         ``torch_version``, ``created``, ``step`` (or ``None``), ``config``, ``label_map``,
         ``state_keys`` (the names in ``state``), ``num_parameters`` (elements in
-        ``state['model']``, 0 if absent) and ``extra``.
+        ``state['model']``, 0 if absent), ``extra`` and ``checksum`` (verified).
 
     Raises:
         FileNotFoundError, CheckpointError: as :func:`load_checkpoint`.
@@ -280,6 +435,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "state_keys": sorted(state) if isinstance(state, Mapping) else [],
         "num_parameters": int(num_parameters),
         "extra": payload.get("extra", {}),
+        "checksum": payload[CHECKSUM_KEY],
     }
 
 
@@ -364,6 +520,31 @@ def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...] = ()) -> list[Path]:
+    """Delete temporary files left by writes that were killed half-way; returns the deleted paths.
+
+    :func:`mosmoskit.io.atomic_path` writes ``name`` through a temporary ``.name.<random>.tmp<suffix>``
+    in the same folder; a process killed before the rename leaves it behind. Only temporaries of
+    checkpoints (step-named and ``last.pt``) and of the extra ``names`` (e.g. ``"history.jsonl"``) are
+    touched, so nothing else in the folder is at risk. Call it only when no other process writes
+    into ``folder`` (the Trainer holds the run-folder lock when it does).
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist or is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder {folder} does not exist or is not a folder")
+    targets = "|".join([r"checkpoint_step\d+\.pt", re.escape(LAST_NAME), *map(re.escape, names)])
+    pattern = re.compile(rf"^\.({targets})\.[^./]+\.tmp")
+    removed = []
+    for entry in folder.iterdir():
+        if pattern.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return sorted(removed)
 
 
 def _same_file(a: Path, b: Path) -> bool:

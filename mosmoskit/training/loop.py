@@ -31,6 +31,16 @@ weights, bit for bit on the CPU, as a run that was never interrupted. Three thin
   ``dataset.transform``; a dataset with a private generator must expose ``set_random_state(seed)``.
   This holds for ``num_workers=0`` and ``> 0`` alike, because no state lives in the workers.
 
+**Run folders.** A folder is never reused silently: an earlier run in it is resumed
+(``resume=True``, the default; changed settings, data or software are warned about) or, with
+``resume=False``, replaced only when ``overwrite=True`` says so. While :meth:`Trainer.fit` runs, the
+folder is locked against a second trainer (:class:`~mosmoskit.training.lock.RunFolderLock`; the
+operating system releases it when the process dies, even by ``SIGKILL``). Checkpoints are written
+atomically and carry a checksum, so a run killed at any instant, even inside a checkpoint write,
+resumes from its newest complete checkpoint; temporary files of killed writes are cleared at the next
+start. Every session writes ``run_record.json`` (:mod:`mosmoskit.provenance`): config, versions,
+device and the data files with their SHA-256.
+
 **Distributed.** When ``torch.distributed`` is initialised (by ``torchrun`` or ``accelerate``), the
 sampler gives each rank its own share of every epoch, and only rank 0 shows progress and writes
 history and checkpoints. Wrapping the model (DDP) is the caller's job.
@@ -82,6 +92,7 @@ from mosmoskit.device import (
 )
 from mosmoskit import distributed
 from mosmoskit.io import atomic_write_text
+from mosmoskit.provenance import RUN_RECORD_NAME, compare_run_records, read_run_record, write_run_record
 from mosmoskit.training.checkpoint import (
     LAST_NAME,
     check_kind,
@@ -91,8 +102,10 @@ from mosmoskit.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
 )
+from mosmoskit.training.lock import RunFolderLock
 
 __all__ = [
     "HISTORY_NAME",
@@ -114,6 +127,9 @@ RESERVED_LOG_KEYS = ("step", "epoch", "split", "lr", "loss", "grad_norm")
 # Trainer-config fields that shape the trajectory: a resumed run that changes them cannot be exact.
 _TRAJECTORY_FIELDS = ("max_steps", "lr", "weight_decay", "betas", "warmup_steps", "scheduler", "min_lr_ratio",
                       "grad_accum_steps", "grad_clip_norm", "amp", "seed")
+# Config fields (of the trainer, or of a run config that mirrors them) that never change the trajectory.
+_BOOKKEEPING_FIELDS = ("device", "log_every", "val_every", "checkpoint_every", "keep_last_checkpoints", "output_dir",
+                       "resume", "overwrite", "progress", "num_workers")
 # Separate random streams derived from the run seed (see derive_seed): sample order, loader workers.
 _ORDER_STREAM = 1
 _LOADER_STREAM = 2
@@ -476,13 +492,16 @@ class Trainer:
         run_config: the full run config (a dataclass or dict) stored as the checkpoints' ``config``;
             default: this trainer config.
         label_map: a ``LabelMap`` (or its dict) stored in the checkpoints.
+        data_files: the files the run reads (images, labels, report lists; folders are expanded),
+            recorded with their SHA-256 in ``output_dir/run_record.json``; ``None``: not listed.
 
     Attributes:
         device, amp_dtype, optimizer, scheduler, scaler, step, epoch, history: the live run state.
 
     Raises:
         ValueError: neither or both data sources, a missing ``batch_size``, an empty dataset, a
-            ``val_loader`` for a task without ``validate``, no trainable parameters.
+            ``val_loader`` for a task without ``validate``, no trainable parameters, ``data_files``
+            given as one path instead of a list.
     """
 
     def __init__(self, task: Task, config: TrainerConfig, *, train_dataset: Dataset | None = None,
@@ -490,7 +509,8 @@ class Trainer:
                  shuffle: bool = True, drop_last: bool = True,
                  train_loader_factory: Callable[[int, int], Iterable[Any]] | None = None,
                  val_loader: Iterable[Any] | None = None, callbacks: Sequence[Any] = (), kind: str = "train",
-                 run_config: Any = None, label_map: Any = None) -> None:
+                 run_config: Any = None, label_map: Any = None,
+                 data_files: Sequence[str | Path] | None = None) -> None:
         if not isinstance(config, TrainerConfig):
             raise ValueError(f"config must be a TrainerConfig, got {type(config).__name__}")
         if not isinstance(getattr(task, "model", None), nn.Module) or not callable(getattr(task, "step", None)):
@@ -514,6 +534,8 @@ class Trainer:
                     f"process ({distributed.world_size()} process(es), drop_last={drop_last})"
                 )
         check_kind(kind)
+        if isinstance(data_files, (str, Path)):
+            raise ValueError(f"data_files must be a list of paths, got the single path {str(data_files)!r}")
         if val_loader is not None and not callable(getattr(task, "validate", None)):
             raise ValueError(f"a val_loader was given but the task {type(task).__name__} has no validate(loader) method")
         self.task, self.config = task, config
@@ -526,7 +548,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.kind = kind
         self.run_config = _plain_config(run_config if run_config is not None else config)
+        self._own_run_config = run_config is not None
         self.label_map = label_map.to_dict() if hasattr(label_map, "to_dict") else label_map
+        self.data_files = None if data_files is None else list(data_files)
         self.output_dir = Path(config.output_dir)
 
         self.device = resolve_device(config.device)
@@ -570,7 +594,20 @@ class Trainer:
             NonFiniteLossError: a NaN/inf loss or gradient norm; no checkpoint is written after it.
             FileExistsError: ``output_dir`` holds an earlier run and neither ``resume`` nor
                 ``overwrite`` is set.
+            RunFolderBusyError: another trainer is writing into ``output_dir`` right now.
+            CheckpointError: the newest checkpoint in ``output_dir`` is damaged (named in the message).
+            ValueError: resuming a checkpoint of another ``kind`` or label map.
         """
+        lock = RunFolderLock(self.output_dir) if self._is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> TrainResult:
         self._start()
         self._call("on_train_start", self)
         bar = self._progress_bar()
@@ -731,10 +768,15 @@ class Trainer:
     def _start(self) -> None:
         """Resume from ``output_dir`` or start a fresh run there."""
         cfg = self.config
+        if self._is_main and self.output_dir.is_dir():
+            # Temporaries of writes killed half-way (we hold the folder lock: nobody else writes).
+            remove_stale_temporaries(self.output_dir, names=(HISTORY_NAME, RUN_RECORD_NAME))
+        self._barrier()
         found = latest_checkpoint(self.output_dir) if self.output_dir.is_dir() else None
         history_file = self.output_dir / HISTORY_NAME
         if found is not None and cfg.resume:
             self._resume(found)
+            self._record_run(resumed_from=found)
             return
         earlier = found is not None or history_file.exists()
         if earlier and not cfg.resume:
@@ -748,8 +790,28 @@ class Trainer:
         seed_everything(cfg.seed)
         # A crash before the first checkpoint leaves a history that belongs to no checkpoint.
         if self._is_main and history_file.exists():
+            warnings.warn(f"{history_file} belongs to a run that stopped before its first checkpoint; it is discarded "
+                          f"and the run starts from step 0", stacklevel=4)
             history_file.unlink()
+        self._record_run(resumed_from=None)
         self._barrier()
+
+    def _record_run(self, resumed_from: Path | None) -> None:
+        """Write ``run_record.json``; on a resume, warn when data or software differ from the last session."""
+        if not self._is_main:
+            return
+        path = self.output_dir / RUN_RECORD_NAME
+        before = read_run_record(path) if resumed_from is not None and path.exists() else None
+        extra = {"kind": self.kind, "trainer": config_to_dict(self.config), "start_step": self.step,
+                 "resumed_from": None if resumed_from is None else resumed_from.name,
+                 "data_settings": self._data_settings()}
+        write_run_record(self.output_dir, self.run_config, self.data_files, device=self.device, extra=extra)
+        if before is not None:
+            # Config changes were checked against the checkpoint already (see _warn_if_changed).
+            changed = compare_run_records(before, read_run_record(path), config=False)
+            if changed:
+                warnings.warn(f"resuming {resumed_from} in another setting than its last session "
+                              f"({'; '.join(changed)}): the run may not match an uninterrupted one", stacklevel=5)
 
     def _resume(self, path: Path) -> None:
         # Tensors stay on the CPU: load_state_dict copies them to where the parameters live, and the
@@ -760,8 +822,17 @@ class Trainer:
         if missing:
             raise ValueError(f"checkpoint {path} cannot be resumed: its state lacks {missing} (it was not written by "
                              f"the Trainer)")
+        if ckpt["kind"] != self.kind:
+            raise ValueError(f"checkpoint {path} belongs to a {ckpt['kind']!r} run but this trainer's kind is "
+                             f"{self.kind!r}; choose another output_dir (or resume=False, overwrite=True to replace it)")
+        saved_labels = (ckpt.get("label_map") or {}).get("labels")
+        labels = (self.label_map or {}).get("labels")
+        if saved_labels != labels:
+            raise ValueError(f"checkpoint {path} was trained with the labels {saved_labels} but this run has "
+                             f"{labels}; output channels would change meaning: choose another output_dir")
         trainer_state = state["trainer"]
-        self._warn_if_changed(trainer_state.get("config", {}), trainer_state.get("data", {}), path)
+        self._warn_if_changed(trainer_state.get("config", {}), trainer_state.get("data", {}), path,
+                              saved_run_config=ckpt["config"])
         _unwrap(self.task.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -784,15 +855,24 @@ class Trainer:
         set_rng_state(state["rng"])
         self._barrier()
 
-    def _warn_if_changed(self, saved: Mapping[str, Any], saved_data: Mapping[str, Any], path: Path) -> None:
+    def _warn_if_changed(self, saved: Mapping[str, Any], saved_data: Mapping[str, Any], path: Path,
+                         saved_run_config: Mapping[str, Any]) -> None:
         now = config_to_dict(self.config)
         changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in _TRAJECTORY_FIELDS
                    if k in saved and _as_list(saved[k]) != _as_list(now[k])]
         data = self._data_settings()
         changed += [f"{k}: {saved_data[k]!r} -> {data[k]!r}" for k in data if k in saved_data and saved_data[k] != data[k]]
+        if self._own_run_config:
+            # The caller's run config (model, data, ...): any change but bookkeeping is worth a word.
+            before, after, absent = _flatten(saved_run_config), _flatten(self.run_config), "<absent>"
+            changed += [f"config {k}: {_clip(before.get(k, absent))} -> {_clip(after.get(k, absent))}"
+                        for k in sorted(set(before) | set(after))
+                        if before.get(k, absent) != after.get(k, absent)
+                        and k.rsplit(".", 1)[-1] not in _TRAJECTORY_FIELDS + _BOOKKEEPING_FIELDS]
         if changed:
+            # stacklevel: _warn_if_changed < _resume < _start < _fit < fit < the caller.
             warnings.warn(f"resuming {path} with changed settings ({'; '.join(changed)}): the run will not match an "
-                          f"uninterrupted one", stacklevel=3)
+                          f"uninterrupted one", stacklevel=6)
 
     def _save(self) -> None:
         if self._is_main:
@@ -822,7 +902,7 @@ class Trainer:
     def _remove_earlier_run(self) -> None:
         for _, path in list_checkpoints(self.output_dir):
             path.unlink()
-        for name in (LAST_NAME, HISTORY_NAME):
+        for name in (LAST_NAME, HISTORY_NAME, RUN_RECORD_NAME):
             (self.output_dir / name).unlink(missing_ok=True)
 
     def _flush_history(self) -> None:
@@ -935,6 +1015,23 @@ def _plain_config(config: Any) -> dict[str, Any]:
 
 def _as_list(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); tuples as lists."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = _as_list(value)
+    return flat
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short(value: Any) -> str:
