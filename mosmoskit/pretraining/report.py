@@ -41,6 +41,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _number(value: Any) -> float:
+    """A metric as a float; ``None`` (how metrics.json stores NaN) becomes NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def _cell(value: Any, digits: int) -> str:
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
@@ -94,7 +99,8 @@ def format_metrics(metrics: Mapping[str, Any], digits: int = 3) -> str:
     Returns:
         Up to three tables: retrieval (recall@k of both directions next to chance, i.e. what random
         embeddings would score), tag AUROC per organ with the mean (``n/a`` when the held-out
-        reports give an organ only one class), and the run's size and duration.
+        reports give an organ only one class; next to it the AUROC against organ presence in the
+        masks when the evaluation had them), and the run's size and duration.
 
     Raises:
         ValueError: no retrieval or tag metric in ``metrics``.
@@ -112,10 +118,15 @@ def format_metrics(metrics: Mapping[str, Any], digits: int = 3) -> str:
                                   title=f"Held-out retrieval ({n} pairs)" if n else "Held-out retrieval"))
     organs = [k.split("/", 1)[1] for k in metrics if k.startswith("tag_auroc/") and k != "tag_auroc/mean"]
     if organs:
-        rows = [[o, metrics[f"tag_auroc/{o}"]] for o in organs]
-        if "tag_auroc/mean" in metrics:
-            rows.append(["mean", metrics["tag_auroc/mean"]])
-        parts.append(format_table(rows, ["organ tag", "AUROC"], digits, title="Organ-tag recognition (held out)"))
+        # Against the masks too when the evaluation had them: what the image shows, not only what
+        # its report happened to mention.
+        vs_mask = any(k.startswith("tag_auroc_vs_mask/") for k in metrics)
+        sources = ["tag_auroc"] + (["tag_auroc_vs_mask"] if vs_mask else [])
+        rows = [[o] + [_number(metrics.get(f"{src}/{o}")) for src in sources] for o in organs + ["mean"]]
+        if "tag_auroc/mean" not in metrics:
+            rows.pop()
+        headers = ["organ tag", "AUROC vs report"] + (["AUROC vs mask"] if vs_mask else [])
+        parts.append(format_table(rows, headers, digits, title="Organ-tag recognition (held out)"))
     if not parts:
         raise ValueError(f"no retrieval/ or tag_auroc/ metrics to format; got keys {sorted(metrics)[:10]}")
     run = [[k, metrics[k]] for k in metrics if k.startswith(RUN_PREFIXES)]
@@ -137,7 +148,11 @@ def format_pointing(metrics: Mapping[str, Any], organs: Sequence[str] | None = N
         digits: decimals.
 
     Returns:
-        A table organ | maps | baseline | maps - baseline, then the means the evaluation reports.
+        A table organ | maps | baseline | maps - baseline, then the means the evaluation reports
+        (``n/a`` where an organ never appeared; empty cells where there is no value). When the
+        metrics hold ``pointing_within_cell/<organ>``, a last column gives the hit rate of a peak
+        within one feature cell of the organ: a coarse map's near misses, not compared with the
+        (strict) baseline.
 
     Raises:
         ValueError: no ``pointing/`` metric (the validation cases had no labels), or an organ in
@@ -152,17 +167,20 @@ def format_pointing(metrics: Mapping[str, Any], organs: Sequence[str] | None = N
     if missing:
         raise ValueError(f"no pointing metric for {missing}; available: {available}")
     rows = []
-    for organ in rows_for:
-        model = metrics[f"pointing/{organ}"]
-        base = metrics.get(f"pointing_baseline/{organ}")
-        rows.append([organ, model, base, None if base is None else model - base])
-    for mean in ("mean", "mean_large_organs"):
-        if f"pointing/{mean}" in metrics:
-            model = metrics[f"pointing/{mean}"]
-            base = metrics.get(f"pointing_baseline/{mean}")
-            rows.append([mean.replace("_", " "), model, base, None if base is None else model - base])
-    return format_table(rows, ["organ", "maps", "baseline", "maps - baseline"], digits,
-                        title="Pointing game (held out): peak of the map inside the organ")
+    means = [m for m in ("mean", "mean_large_organs") if f"pointing/{m}" in metrics]
+    near = any(k.startswith("pointing_within_cell/") for k in metrics)
+
+    def value(prefix: str, key: str) -> float | None:
+        # A missing value (no training masks for a baseline) leaves its cell empty; NaN reads n/a.
+        return _number(metrics[f"{prefix}/{key}"]) if f"{prefix}/{key}" in metrics else None
+
+    for key, name in [(o, o) for o in rows_for] + [(m, m.replace("_", " ")) for m in means]:
+        model = _number(metrics[f"pointing/{key}"])
+        base = value("pointing_baseline", key)
+        row = [name, model, base, None if base is None else model - base]
+        rows.append(row + ([value("pointing_within_cell", key)] if near else []))
+    headers = ["organ", "maps", "baseline", "maps - baseline"] + (["maps within 1 cell"] if near else [])
+    return format_table(rows, headers, digits, title="Pointing game (held out): peak of the map inside the organ")
 
 
 def format_data_summary(
