@@ -440,8 +440,8 @@ def test_mismatched_state_names_keys_and_shapes(pretrained):
     with pytest.raises(ValueError, match=r"60 shape mismatch\(es\): image_encoder\.conv_0\.conv_0\.adn\.N\.bias: "
                                          r"checkpoint \(4,\) vs pre-trained image encoder \(8,\)"):
         build_segmenter(2, TINY, (32, 32), "none", state, wider, True)
-    broken = {k: v for k, v in state.items() if k != "tag_head.classifier.weight"}
-    with pytest.raises(ValueError, match=r"cannot load the tag head.*missing.*tag_head\.classifier\.weight"):
+    broken = {k: v for k, v in state.items() if k != "tag_head.input_proj.weight"}
+    with pytest.raises(ValueError, match=r"cannot load the tag head.*missing.*tag_head\.input_proj\.weight"):
         build_segmenter(2, TINY, (32, 32), "input", broken, config, False)
 
 

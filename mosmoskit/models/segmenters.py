@@ -873,10 +873,13 @@ def _check_label_maps(
     theirs = pretrain_label_map.name if pretrain_label_map is not None else str(config.label_map)
     ours = label_map.name
     k = len(label_map.foreground_names)
-    bias = None if state is None else state.get("tag_head.classifier.bias")
+    # One tensor per tag in either readout: the decoder's classifier bias or the evidence bias.
+    bias_key = next((key for key in ("tag_head.classifier.bias", "tag_head.evidence_bias")
+                     if state is not None and key in state), None)
+    bias = None if bias_key is None else state[bias_key]
     if bias is not None and bias.shape[0] != k:
         raise ValueError(
-            f"the pre-trained tag head has K={bias.shape[0]} tags (label map {theirs!r}, tag_head.classifier.bias "
+            f"the pre-trained tag head has K={bias.shape[0]} tags (label map {theirs!r}, {bias_key} "
             f"{tuple(bias.shape)}) but the fine-tuning label map {ours!r} has K={k} foreground classes; fuse maps "
             f"only with the label map the model was pre-trained on"
         )

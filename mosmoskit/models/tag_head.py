@@ -199,7 +199,7 @@ class TagHead(nn.Module):
             s_kn are also the evidence: ``logit_k = log mean_n exp(s_kn) + b_k`` (log-sum-exp
             pooling, as in weakly supervised localisation) and the map is ``softmax_n(s_kn)``. A tag
             can only be "present" where some pixel scores high, so the map has to find the organ.
-            The decoder layers are not used in this mode.
+            The decoder layers are not built in this mode.
 
     Shapes (forward):
         features (B, N, C), grid with prod(grid) == N -> ``TagHeadOutput`` with logits (B, K),
@@ -272,12 +272,15 @@ class TagHead(nn.Module):
 
         self.input_proj = nn.Linear(self.feature_dim, self.embed_dim)
         self.input_norm = nn.LayerNorm(self.embed_dim)
-        self.layers = nn.ModuleList(
-            TagDecoderLayer(self.embed_dim, num_heads, ffn_dim, dropout) for _ in range(self.num_layers)
-        )
-        self.output_norm = nn.LayerNorm(self.embed_dim)
-        self.classifier = GroupFC(self.num_tags, self.embed_dim)
-        if readout == "evidence":
+        if readout == "decoder":
+            self.layers = nn.ModuleList(
+                TagDecoderLayer(self.embed_dim, num_heads, ffn_dim, dropout) for _ in range(self.num_layers)
+            )
+            self.output_norm = nn.LayerNorm(self.embed_dim)
+            self.classifier = GroupFC(self.num_tags, self.embed_dim)
+        else:
+            # Nothing unused is built: every parameter gets a gradient (DDP needs no
+            # find_unused_parameters) and checkpoints hold only what the maps are made from.
             self.evidence_query = nn.Linear(self.embed_dim, self.embed_dim)
             self.evidence_key = nn.Linear(self.embed_dim, self.embed_dim)
             self.evidence_bias = nn.Parameter(torch.zeros(self.num_tags))
