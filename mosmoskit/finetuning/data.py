@@ -1,0 +1,323 @@
+"""Labelled scans for fine-tuning: the cohort, the label-scarce split, and the MONAI pipelines.
+
+The split follows the protocol of DESIGN.md section 2 (see :mod:`mosmoskit.data.protocol`):
+
+1. the cohort is cut once, by patient, into test / validation / training with
+   :func:`~mosmoskit.data.protocol.patient_split` and ``split_seed``. Nothing else enters that
+   split, so the test set is the same for every label fraction, seed and variant of a study (and
+   for a phantom cohort, whose ``phantom_seed`` is fixed too, the same files);
+2. the labelled cases are a subset of the training patients chosen by
+   :func:`~mosmoskit.data.protocol.select_labelled_subset` with the run ``seed``: nested across
+   fractions, at least one patient, paired across variants run with the same seed.
+
+2D slices of one phantom patient share that patient (``parent_case``), so they always land on the
+same side of every split.
+
+Training samples go through one flat MONAI ``Compose``: load (RAS, optional resampling to
+``spacing``), label check, HU window, then the left-right-safe augmentations and the foreground
+balanced random crops of :func:`~mosmoskit.data.augment.segmentation_train_transforms`. The
+deterministic prefix is cached by ``CacheDataset``; the random suffix is re-seeded per sample by
+the training loop, which keeps a resumed run exact.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mosmoskit.data.protocol import patient_split, select_labelled_subset
+from mosmoskit.finetuning.config import FinetuneConfig
+from mosmoskit.labels import LabelMap, load_label_map
+from mosmoskit.pretraining.data import patient_of
+
+__all__ = [
+    "FinetuneData",
+    "FinetuneSplit",
+    "canonical_spacing",
+    "ensure_phantom_cohort",
+    "eval_transforms",
+    "make_train_dataset",
+    "make_val_loader",
+    "median_spacing",
+    "patient_of",
+    "prepare_finetuning_data",
+    "train_transforms",
+]
+
+KEYS = ("image", "label")
+
+
+@dataclass(frozen=True)
+class FinetuneSplit:
+    """Case ids of one run of the label-scarce protocol (each tuple sorted).
+
+    Attributes:
+        train_pool: every case of the training patients (what the label fraction is a share of).
+        labelled: the cases whose labels train the model (a subset of ``train_pool``).
+        val: the cases validated during training: from ``train_pool`` only, never from ``test``.
+        test: the fixed held-out cases the final metrics are computed on.
+        groups: case id -> patient id.
+    """
+
+    train_pool: tuple[str, ...]
+    labelled: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    groups: dict[str, str] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.labelled or not self.test:
+            raise ValueError(f"a fine-tuning split needs labelled and test cases, got {len(self.labelled)} labelled, "
+                             f"{len(self.test)} test")
+        if set(self.test) & (set(self.train_pool) | set(self.val)):
+            raise ValueError("test cases overlap training or validation cases")
+        if not set(self.labelled) <= set(self.train_pool):
+            raise ValueError("labelled cases must come from the training pool")
+
+    def patients(self, name: str) -> list[str]:
+        """The sorted patient ids of one part (``"train_pool"``, ``"labelled"``, ``"val"``, ``"test"``)."""
+        return sorted({self.groups[c] for c in getattr(self, name)})
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of cases and patients per part, and the ids (JSON-able, for metrics.json)."""
+        out: dict[str, Any] = {}
+        for name in ("train_pool", "labelled", "val", "test"):
+            ids = getattr(self, name)
+            out[name] = {"cases": len(ids), "patients": len(self.patients(name)), "case_ids": list(ids)}
+        return out
+
+
+@dataclass(frozen=True)
+class FinetuneData:
+    """The cohort of a fine-tuning run and its split.
+
+    Attributes:
+        cases: case id -> case dict (``case_id``, ``image`` path, ``label`` path, ...).
+        split: the :class:`FinetuneSplit`.
+        label_map: the masks' label map.
+        source: the ``dataset.json`` the cases came from.
+    """
+
+    cases: dict[str, dict[str, Any]]
+    split: FinetuneSplit
+    label_map: LabelMap
+    source: Path
+
+    def items(self, case_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """MONAI data dicts ``{"image", "label", "case_id"}`` of ``case_ids``."""
+        return [{"image": self.cases[c]["image"], "label": self.cases[c]["label"], "case_id": c} for c in case_ids]
+
+
+# ------------------------------------------------------------------------------------- the cohort
+def _phantom_grid(config: FinetuneConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    from mosmoskit.data import phantom
+
+    three = config.spatial_dims == 3
+    shape = config.phantom_shape or (phantom.DEFAULT_SHAPE_3D if three else phantom.DEFAULT_SHAPE_2D)
+    spacing = config.phantom_spacing or (phantom.DEFAULT_SPACING_3D if three else phantom.DEFAULT_SPACING_2D)
+    return tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
+
+
+def ensure_phantom_cohort(root: str | Path, config: FinetuneConfig, progress: bool = True) -> Path:
+    """Generate the phantom cohort a config asks for into ``root``, or reuse the one already there.
+
+    A cohort in ``root`` is reused only when its ``dataset.json`` records the same generator
+    settings (seed, number of patients, grid, spacing, dimensions, slices per patient); otherwise
+    it is regenerated, so a folder never silently holds another cohort than the config says.
+
+    Returns:
+        ``root``.
+    """
+    from mosmoskit.data.phantom import generate_cohort
+
+    root = Path(root)
+    shape, spacing = _phantom_grid(config)
+    wanted = {
+        "seed": config.phantom_seed, "n_cases": config.phantom_cases, "shape": list(shape),
+        "spacing": list(spacing),
+        "slices_per_case": config.phantom_slices_per_case if config.spatial_dims == 2 else None,
+    }
+    dataset_json = root / "dataset.json"
+    if dataset_json.is_file():
+        try:
+            recorded = json.loads(dataset_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            recorded = {}
+        generator = recorded.get("generator") or {}
+        same = recorded.get("spatial_dims") == config.spatial_dims and all(
+            generator.get(k) == v for k, v in wanted.items()
+        )
+        if same:
+            return root
+    generate_cohort(root, n=config.phantom_cases, seed=config.phantom_seed, shape=shape, spacing=spacing,
+                    spatial_dims=config.spatial_dims, slices_per_case=config.phantom_slices_per_case,
+                    progress=progress, overwrite=True)
+    return root
+
+
+def prepare_finetuning_data(config: FinetuneConfig, progress: bool = True) -> FinetuneData:
+    """Find (or generate) the labelled cohort and split it by the label-scarce protocol.
+
+    Args:
+        config: ``dataset``, ``label_map``, the phantom settings and the protocol fields.
+        progress: show a progress bar while generating phantoms.
+
+    Returns:
+        :class:`FinetuneData`.
+
+    Raises:
+        FileNotFoundError: a dataset folder without ``dataset.json``, or missing files.
+        ValueError: no labelled case, images of another dimension than ``spatial_dims``, a
+            label map that disagrees with the data set's, or a split that leaves no training or
+            test patient (the messages name the file or the fraction).
+    """
+    from mosmoskit.data.datalists import load_dataset
+    from mosmoskit.data.readers import load_image
+
+    label_map = load_label_map(config.label_map)
+    if config.dataset == "phantom":
+        root = ensure_phantom_cohort(Path(config.output_dir) / "data", config, progress=progress)
+    else:
+        root = Path(config.dataset).expanduser()
+        if not (root / "dataset.json").is_file():
+            raise FileNotFoundError(
+                f"dataset {config.dataset!r}: expected 'phantom' or a folder with a dataset.json (MSD layout), "
+                f"but {root / 'dataset.json'} does not exist"
+            )
+    cases = load_dataset(root, label_map=label_map)
+    labelled_cases = [c for c in cases.cases if c.get("label")]
+    if not labelled_cases:
+        raise ValueError(f"{cases.source}: no training entry has a 'label'; fine-tuning needs labelled scans")
+    if any(isinstance(c["image"], list) for c in labelled_cases):
+        raise ValueError(f"{cases.source}: multi-channel images (a list of files per case) are not supported yet")
+    first = load_image(labelled_cases[0]["image"])
+    if first.ndim != config.spatial_dims:
+        raise ValueError(
+            f"{labelled_cases[0]['image']} is a {first.ndim}D image but spatial_dims={config.spatial_dims}; "
+            f"set spatial_dims (and roi_size) to match the data"
+        )
+    by_id = {c["case_id"]: c for c in labelled_cases}
+    groups = {c["case_id"]: patient_of(c) for c in labelled_cases}
+    parts = patient_split(sorted(by_id), groups, test_fraction=config.test_fraction,
+                          val_fraction=config.val_fraction, seed=config.split_seed)
+    pool = parts["train"]
+    if config.n_labelled:
+        labelled = select_labelled_subset(pool, n_labelled=config.n_labelled, seed=config.seed, groups=groups)
+    else:
+        labelled = select_labelled_subset(pool, label_fraction=config.label_fraction, seed=config.seed, groups=groups)
+    if parts["val"]:
+        val = parts["val"]
+    else:
+        # Spread over the labelled cases (slices of several patients rather than one patient's).
+        step = max(1, len(labelled) // config.val_max_cases)
+        val = labelled[::step][: config.val_max_cases]
+    split = FinetuneSplit(
+        train_pool=tuple(pool), labelled=tuple(labelled), val=tuple(sorted(val)), test=tuple(parts["test"]),
+        groups=groups,
+    )
+    return FinetuneData(cases=by_id, split=split, label_map=label_map, source=Path(cases.source))
+
+
+def canonical_spacing(path: str | Path, ndim: int) -> tuple[float, ...]:
+    """Voxel size (mm) along the canonical RAS axes of an image, read from its header only.
+
+    Equals ``load_image(path).spacing`` without reading the voxels for NIfTI files (DICOM series
+    are read).
+    """
+    import nibabel as nib
+
+    from mosmoskit.data.readers import affine_nd, image_format, load_image
+
+    path = Path(path)
+    if image_format(path) != "nifti":
+        return load_image(path).spacing
+    affine = affine_nd(nib.load(str(path)).affine, ndim)
+    stored = np.linalg.norm(affine[:ndim, :ndim], axis=0)
+    ornt = nib.orientations.io_orientation(affine)
+    out = [0.0] * ndim
+    for axis, (target, _) in enumerate(ornt):
+        out[int(target)] = float(stored[axis])
+    return tuple(out)
+
+
+def median_spacing(paths: Sequence[str | Path], ndim: int) -> tuple[float, ...]:
+    """Per-axis median voxel size (mm, RAS axes) of several images."""
+    if not paths:
+        raise ValueError("median_spacing needs at least one image")
+    per_file = [canonical_spacing(p, ndim) for p in paths]
+    return tuple(float(statistics.median(s[i] for s in per_file)) for i in range(ndim))
+
+
+# ----------------------------------------------------------------------------------- pipelines
+def _base(config: FinetuneConfig, label_map: LabelMap) -> list[Any]:
+    from mosmoskit.data.transforms import CheckLabelsd, ct_intensity_transform, load_transforms
+
+    # 2D images take two axis codes (MONAI warns about a 3-letter code on a 2D image).
+    load = load_transforms(KEYS, spacing=config.spacing or None, orientation="RAS"[: config.spatial_dims])
+    return [*load.transforms, CheckLabelsd(("label",), label_map), ct_intensity_transform(config.window)]
+
+
+def train_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
+    """Load + window + augment + ``crops_per_case`` random crops of ``roi_size``, as one flat ``Compose``.
+
+    Returns:
+        A ``monai.transforms.Compose`` mapping ``{"image": path, "label": path}`` to a list of
+        ``crops_per_case`` dicts with plain tensors ``image`` (1, *roi_size) float32 in [0, 1]
+        (before intensity augmentation) and ``label`` (1, *roi_size) of class ids.
+    """
+    from monai.transforms import Compose, EnsureTyped
+
+    from mosmoskit.data.augment import segmentation_train_transforms
+
+    augment = segmentation_train_transforms(
+        config.roi_size, label_map, spatial_dims=config.spatial_dims, pos_neg_ratio=config.pos_neg_ratio,
+        num_samples=config.crops_per_case, allow_lr_flip=config.allow_lr_flip,
+    )
+    # One flat chain: CacheDataset caches up to the first random transform, and a nested Compose
+    # counts as random, which would switch caching off.
+    return Compose([*_base(config, label_map), *augment.transforms, EnsureTyped(KEYS, track_meta=False)])
+
+
+def eval_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
+    """Load + window, no augmentation: whole cases ``image`` (1, *shape), ``label`` (1, *shape)."""
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose([*_base(config, label_map), EnsureTyped(KEYS, track_meta=False)])
+
+
+def make_train_dataset(data: FinetuneData, config: FinetuneConfig, progress: bool = False) -> Any:
+    """A MONAI ``CacheDataset`` of the labelled cases (each item: a list of ``crops_per_case`` crops)."""
+    from monai.data import CacheDataset
+
+    from mosmoskit.data.readers import quiet_monai_readers
+
+    with quiet_monai_readers():
+        return CacheDataset(
+            data.items(data.split.labelled), transform=train_transforms(config, data.label_map),
+            cache_rate=config.cache_rate, num_workers=max(1, config.num_workers), progress=progress,
+        )
+
+
+def make_val_loader(data: FinetuneData, config: FinetuneConfig) -> Any:
+    """A DataLoader of whole validation cases, one per batch (their shapes differ)."""
+    from monai.data import Dataset
+    from torch.utils.data import DataLoader
+
+    dataset = Dataset(data.items(data.split.val), transform=eval_transforms(config, data.label_map))
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=config.num_workers,
+                      collate_fn=_collate_whole)
+
+
+def _collate_whole(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    return {
+        "image": torch.stack([i["image"] for i in items]),
+        "label": torch.stack([i["label"] for i in items]),
+        "case_id": [i["case_id"] for i in items],
+    }

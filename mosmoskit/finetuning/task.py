@@ -1,0 +1,158 @@
+"""The fine-tuning task: a segmenter paired with Dice + cross-entropy.
+
+``step(batch)`` returns the two loss terms by name (``dice``, ``ce``); the generic training loop
+sums and logs them. ``validate(loader)`` segments whole validation cases with a sliding window
+(exactly as inference does) and returns their mean organ Dice. The validation cases come from the
+training pool only (see :mod:`mosmoskit.finetuning.data`): the test set is never looked at while
+training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from mosmoskit.labels import LabelMap
+from mosmoskit.losses import SegmentationLoss
+
+__all__ = ["SegmentationTask", "per_class_dice", "sliding_window_probabilities"]
+
+
+def per_class_dice(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Hard Dice of every foreground class of one case.
+
+    Args:
+        prediction: (*spatial) or (1, *spatial) integer class ids.
+        label: the ground truth, same shape.
+        num_classes: C, background included.
+
+    Returns:
+        (C - 1,) float64 tensor: ``2 |P & G| / (|P| + |G|)`` per class 1..C-1, NaN for a class
+        absent from both (nothing to score; left out of means, as in
+        :func:`mosmoskit.evaluation.segmentation.organ_metrics`).
+
+    Raises:
+        ValueError: shapes differ.
+    """
+    if prediction.shape != label.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in shape")
+    p = prediction.reshape(-1).long()
+    g = label.reshape(-1).long()
+    pred_counts = torch.bincount(p, minlength=num_classes)[:num_classes].double()
+    gt_counts = torch.bincount(g, minlength=num_classes)[:num_classes].double()
+    overlap = torch.bincount(g[p == g], minlength=num_classes)[:num_classes].double()
+    total = pred_counts + gt_counts
+    dice = torch.where(total > 0, 2.0 * overlap / total.clamp_min(1.0), torch.full_like(total, math.nan))
+    return dice[1:]
+
+
+def sliding_window_probabilities(
+    model: nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities of a whole image, averaged over overlapping windows (MONAI).
+
+    Args:
+        model: maps (N, C_in, *roi_size) to logits (N, C, *roi_size).
+        image: (B, C_in, *spatial), any spatial size (padded to ``roi_size`` where smaller).
+        roi_size: the window, the network's input size.
+        sw_batch_size: windows per forward pass.
+        overlap: overlap of neighbouring windows, in [0, 1).
+        sw_device: where windows are computed (default: the image's device).
+        device: where the output is accumulated (default: the image's device); ``"cpu"`` keeps
+            a large volume's output off the GPU.
+
+    Returns:
+        (B, C, *spatial) float32 probabilities on ``device``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(window).float(), dim=1)
+
+    out = sliding_window_inference(
+        image, roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
+        overlap=overlap, mode="gaussian", sw_device=sw_device, device=device,
+    )
+    return out.as_tensor() if hasattr(out, "as_tensor") else out
+
+
+class SegmentationTask:
+    """A segmenter and its Dice + cross-entropy loss, for :class:`~mosmoskit.training.Trainer`.
+
+    Args:
+        model: a segmenter mapping (B, C_in, *roi_size) images to (B, C, *roi_size) logits.
+        label_map: the output channels' label map (C = ``label_map.num_classes``).
+        roi_size: the sliding window used by :meth:`validate`.
+        sw_batch_size, overlap: sliding-window settings of :meth:`validate`.
+        dice_weight, ce_weight: weights of the two loss terms.
+
+    Example:
+        >>> import torch
+        >>> from mosmoskit.labels import load_label_map
+        >>> from mosmoskit.models import build_segmenter
+        >>> model, _ = build_segmenter(2, "btcv", (32, 32))
+        >>> task = SegmentationTask(model, load_label_map("btcv"), (32, 32))
+        >>> terms = task.step({"image": torch.rand(2, 1, 32, 32), "label": torch.zeros(2, 1, 32, 32)})
+        >>> sorted(terms)
+        ['ce', 'dice']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        label_map: LabelMap,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+    ) -> None:
+        self.model = model
+        self.label_map = label_map
+        self.roi_size = tuple(int(s) for s in roi_size)
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.loss = SegmentationLoss(label_map.num_classes, dice_weight=dice_weight, ce_weight=ce_weight)
+
+    def step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch.
+
+        Args:
+            batch: ``image`` (B, C_in, *roi_size) float, ``label`` (B, 1, *roi_size) class ids.
+
+        Returns:
+            ``{"dice": ..., "ce": ...}``, scalar tensors.
+        """
+        return self.loss(self.model(batch["image"]), batch["label"])
+
+    def validate(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Mean organ Dice of whole validation cases (sliding window, argmax).
+
+        Args:
+            loader: batches of whole cases, ``image`` (1, C_in, *spatial), ``label`` (1, 1, *spatial).
+
+        Returns:
+            ``{"val_dice": mean over cases of the mean Dice over organs present in the case's
+            ground truth or prediction, "val_cases": number of cases}``.
+        """
+        per_case = []
+        for batch in loader:
+            probs = sliding_window_probabilities(self.model, batch["image"], self.roi_size, self.sw_batch_size,
+                                                 self.overlap)
+            predicted = probs.argmax(dim=1)
+            for b in range(predicted.shape[0]):
+                dice = per_class_dice(predicted[b], batch["label"][b, 0], self.label_map.num_classes)
+                finite = dice[~torch.isnan(dice)]
+                if finite.numel():
+                    per_case.append(float(finite.mean()))
+        mean = sum(per_case) / len(per_case) if per_case else math.nan
+        return {"val_dice": mean, "val_cases": float(len(per_case))}

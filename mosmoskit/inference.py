@@ -1,0 +1,444 @@
+"""Segment whole scans with a fine-tuned model, and write the result on top of the input file.
+
+:func:`predict_volume` takes a :class:`~mosmoskit.data.readers.Volume` (any size, RAS canonical
+orientation, as every reader of the kit returns) and gives integer labels of the checkpoint's label
+map on the same grid:
+
+1. the HU values are windowed exactly as in training (``config.window`` -> [0, 1]);
+2. **spacing.** If the run resampled its training scans (``config.spacing`` set), the scan is
+   resampled to that spacing (linear), segmented, and the class probabilities are resampled back
+   (linear) before the argmax, so the labels are on the input's own grid. If the run kept each
+   file's spacing (``config.spacing`` empty), nothing is resampled: the network only ever saw
+   voxels of the training spacing, so a scan whose spacing differs from it by more than
+   ``spacing_tolerance`` (relative, any axis; 2D models: in-plane axes only) is reported as
+   ``on_spacing_mismatch`` says: ``"warn"`` (default: segment anyway, with a warning that says
+   which field to set), ``"raise"`` (a ``ValueError``) or ``"ignore"``. Orientation never needs
+   such care: every reader reorients to RAS, and :func:`~mosmoskit.data.readers.save_like` writes
+   the labels back in the file's own orientation;
+3. a 3D network slides a window of ``config.roi_size`` over the volume (MONAI
+   ``sliding_window_inference``, Gaussian-weighted overlap); a 2D network segments the axial
+   slices (axis 2 in RAS) one batch of slices at a time, each with a sliding window in-plane;
+4. ``accumulate_on_cpu``: windows run on the model's device, but the (C, *shape) output is summed
+   in CPU memory (MONAI's ``sw_device``/``device``), for volumes whose class probabilities do not
+   fit on the GPU.
+
+:func:`predict_file` does the whole ``python -m mosmoskit predict`` job: read a NIfTI file or a
+DICOM folder, predict, write ``OUT.nii.gz`` with the input's shape and affine, a JSON sidecar
+(``OUT.json``) naming every label, and optionally the K pixel-tag attention maps as a 4D NIfTI
+(``OUT_attention.nii.gz``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosmoskit.data.readers import Volume
+
+__all__ = [
+    "DEFAULT_SPACING_TOLERANCE",
+    "SPACING_POLICIES",
+    "PredictionFiles",
+    "attention_maps_volume",
+    "check_spacing",
+    "output_paths",
+    "predict_file",
+    "predict_volume",
+]
+
+#: What to do with a scan whose spacing differs from the training scans' when nothing is resampled.
+SPACING_POLICIES: tuple[str, ...] = ("warn", "raise", "ignore")
+#: Relative spacing difference (any axis) above which a scan counts as "another spacing".
+DEFAULT_SPACING_TOLERANCE = 0.1
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+# ------------------------------------------------------------------------------------- spacing
+def check_spacing(
+    spacing: Sequence[float],
+    training_spacing: Sequence[float] | None,
+    on_mismatch: str = "warn",
+    tolerance: float = DEFAULT_SPACING_TOLERANCE,
+    source: str = "the scan",
+) -> bool:
+    """Compare a scan's voxel size with the training scans' (when the model does not resample).
+
+    Args:
+        spacing: the scan's voxel size (mm) on the axes the network sees.
+        training_spacing: the training scans' (median) voxel size on the same axes, or None
+            (unknown: nothing is checked).
+        on_mismatch: ``"warn"``, ``"raise"`` or ``"ignore"``.
+        tolerance: relative difference allowed on every axis.
+        source: the scan's name, for the message.
+
+    Returns:
+        True when the spacings agree (or nothing could be compared), False on a mismatch that was
+        warned about or ignored.
+
+    Raises:
+        ValueError: an unknown ``on_mismatch`` or a bad ``tolerance``; a mismatch with
+            ``on_mismatch="raise"`` (the message gives both spacings and what to do).
+    """
+    if on_mismatch not in SPACING_POLICIES:
+        raise ValueError(f"on_spacing_mismatch must be one of {list(SPACING_POLICIES)}, got {on_mismatch!r}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"spacing_tolerance must be a number >= 0, got {tolerance!r}")
+    if training_spacing is None:
+        return True
+    have = tuple(float(s) for s in spacing)
+    want = tuple(float(s) for s in training_spacing)
+    if len(have) != len(want):
+        raise ValueError(f"cannot compare spacing {have} with training spacing {want}: different numbers of axes")
+    worst = max(abs(h - w) / w for h, w in zip(have, want))
+    if worst <= tolerance:
+        return True
+    message = (
+        f"{source} has voxel size {tuple(round(h, 3) for h in have)} mm but the model was trained on scans of "
+        f"{tuple(round(w, 3) for w in want)} mm (a {worst:.0%} difference) and does not resample: organs will "
+        f"look {'larger' if have[0] < want[0] else 'smaller'} to it than in training. Retrain with the config field "
+        f"`spacing` set so that inference resamples, or resample the scan first"
+    )
+    if on_mismatch == "raise":
+        raise ValueError(message)
+    if on_mismatch == "warn":
+        warnings.warn(message, stacklevel=3)
+    return False
+
+
+def _resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """The grid covering the same field of view at ``target`` spacing."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Linear resize of (N, C, *spatial) to ``size`` (voxel centres spread over the same extent)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+
+
+# ----------------------------------------------------------------------------------- the core
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _network_input(volume: Volume, config: Any) -> tuple[torch.Tensor, tuple[int, ...], bool]:
+    """The windowed scan as network input, and the grid the network works on.
+
+    Returns:
+        (x, work_shape, as_slices): x (1, 1, *shape) for a 3D model or a 2D model on a 2D image;
+        (Z, 1, X, Y) axial slices for a 2D model on a 3D volume. ``work_shape`` is the volume's
+        shape after resampling to ``config.spacing`` (in-plane only for slices).
+    """
+    from mosmoskit.pretraining.data import window_intensity
+
+    dims = int(config.spatial_dims)
+    if volume.ndim == dims:
+        as_slices = False
+    elif dims == 2 and volume.ndim == 3:
+        as_slices = True
+    else:
+        raise ValueError(
+            f"{volume.source}: a {dims}D model cannot segment a {volume.ndim}D image of shape {volume.shape} "
+            f"(3D models need volumes; 2D models take slices or volumes, segmented slice by slice)"
+        )
+    target = tuple(float(s) for s in config.spacing) if config.spacing else None
+    if target is not None and as_slices:
+        target = (*target, float(volume.spacing[2]))  # slices are resampled in-plane only
+    work_shape = volume.shape if target is None else _resampled_shape(volume.shape, volume.spacing, target)
+    x = torch.from_numpy(window_intensity(volume.array, config.window))[None, None]
+    x = _resize(x, work_shape)
+    if as_slices:
+        x = x[0].permute(3, 0, 1, 2).contiguous()  # (1, X, Y, Z) -> (Z, 1, X, Y)
+    return x, tuple(work_shape), as_slices
+
+
+def _sliding(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    roi_size: Sequence[int],
+    overlap: float,
+    sw_batch_size: int,
+    model_device: torch.device,
+    accumulate_on_cpu: bool,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Sliding-window output (N, C, *spatial) of ``predictor`` over ``x`` (N, 1, *spatial), on the CPU.
+
+    ``reduce`` (e.g. an argmax over classes) is applied to each chunk of slices before the chunks
+    are joined, so a 2D model on a large volume never holds all class probabilities at once.
+    """
+    from monai.inferers import sliding_window_inference
+
+    from mosmoskit.device import autocast, resolve_amp
+
+    out_device = torch.device("cpu") if accumulate_on_cpu else model_device
+    # The input stays on the CPU when the output does: MONAI moves each window to sw_device.
+    x = x.to(out_device)
+    chunks = []
+    with torch.inference_mode(), autocast(model_device, resolve_amp("auto", model_device)):
+        # A 2D model on a volume: sw_batch_size slices at a time bounds the memory of the output.
+        step = max(1, sw_batch_size) if x.shape[0] > 1 else 1
+        for start in range(0, x.shape[0], step):
+            out = sliding_window_inference(
+                x[start:start + step], roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size,
+                predictor=lambda w: predictor(w).float(), overlap=overlap, mode="gaussian",
+                sw_device=model_device, device=out_device,
+            )
+            out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
+            chunks.append((out if reduce is None else reduce(out)).cpu())
+    return torch.cat(chunks)
+
+
+def _back_to_volume(out: torch.Tensor, volume: Volume, as_slices: bool) -> torch.Tensor:
+    """(N, C, *work) network-grid output -> (C, *volume.shape) on the volume's own grid."""
+    if as_slices:
+        out = out.permute(1, 2, 3, 0)[None]  # (Z, C, X, Y) -> (1, C, X, Y, Z)
+    return _resize(out, volume.shape)[0]
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    """Output channels of a segmenter (``MosmosSegmenter.out_channels``), if it says."""
+    value = getattr(model, "out_channels", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int16)
+
+
+def predict_volume(
+    model: nn.Module,
+    volume: Volume,
+    config: Any,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    accumulate_on_cpu: bool = False,
+    *,
+    return_probabilities: bool = False,
+    training_spacing: Sequence[float] | None = None,
+    on_spacing_mismatch: str = "warn",
+    spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment a whole scan with a sliding window; labels on the scan's canonical grid.
+
+    Args:
+        model: a fine-tuned segmenter (``load_finetuned``), on the device to run on. It is put in
+            eval mode.
+        volume: the scan in RAS canonical orientation (``load_image``), HU for CT.
+        config: the run's :class:`~mosmoskit.finetuning.FinetuneConfig` (``spatial_dims``,
+            ``roi_size``, ``window``, ``spacing``, ``sw_overlap``, ``sw_batch_size``).
+        overlap: sliding-window overlap in [0, 1) (default ``config.sw_overlap``).
+        sw_batch_size: windows per forward pass (default ``config.sw_batch_size``).
+        accumulate_on_cpu: sum the windows' outputs in CPU memory (large volumes on a GPU).
+        return_probabilities: also return the class probabilities.
+        training_spacing: the training scans' voxel size, to check a scan against when the model
+            does not resample (``config.spacing`` empty); None skips the check.
+        on_spacing_mismatch: ``"warn"``, ``"raise"`` or ``"ignore"`` (see the module docstring).
+        spacing_tolerance: relative spacing difference tolerated.
+
+    Returns:
+        ``(labels, probabilities)``: labels (*volume.shape) integer ids of the model's label map
+        (uint8 up to 256 classes), probabilities (C, *volume.shape) float32 or None.
+
+    Raises:
+        ValueError: a 3D model given a 2D image, an overlap outside [0, 1), or a spacing mismatch
+            with ``on_spacing_mismatch="raise"``.
+    """
+    overlap = float(config.sw_overlap if overlap is None else overlap)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    sw_batch_size = int(config.sw_batch_size if sw_batch_size is None else sw_batch_size)
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size!r}")
+    if not config.spacing:
+        axes = int(config.spatial_dims)
+        if training_spacing is not None and len(training_spacing) != axes:
+            raise ValueError(f"training_spacing must have {axes} values, got {tuple(training_spacing)}")
+        check_spacing(volume.spacing[:axes], training_spacing, on_spacing_mismatch, spacing_tolerance, volume.source)
+    model.eval()
+    x, work_shape, as_slices = _network_input(volume, config)
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(window).float(), dim=1)
+
+    device = _model_device(model)
+    if return_probabilities or tuple(work_shape) != tuple(volume.shape):
+        # Probabilities are resampled back (linear) before the argmax.
+        probs = _sliding(predictor, x, config.roi_size, overlap, sw_batch_size, device, accumulate_on_cpu)
+        probs = _back_to_volume(probs, volume, as_slices)
+        labels = probs.argmax(dim=0).numpy().astype(_label_dtype(probs.shape[0]))
+        return labels, (probs.numpy() if return_probabilities else None)
+    ids = _sliding(predictor, x, config.roi_size, overlap, sw_batch_size, device, accumulate_on_cpu,
+                   reduce=lambda p: p.argmax(dim=1, keepdim=True).to(torch.int32))
+    labels = _back_to_volume(ids, volume, as_slices)[0].numpy()
+    num_classes = _num_classes(model)
+    return labels.astype(_label_dtype(num_classes if num_classes else int(labels.max()) + 1)), None
+
+
+def attention_maps_volume(
+    model: nn.Module,
+    volume: Volume,
+    config: Any,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    accumulate_on_cpu: bool = False,
+) -> np.ndarray:
+    """The pixel-tag attention maps the model fuses, over a whole scan.
+
+    The maps are computed per window exactly as the segmenter computes them for fusion
+    (``MosmosSegmenter.attention_maps``: peak 1 per map, times the tag probability) and blended
+    like the segmentation windows.
+
+    Args:
+        model: a fine-tuned segmenter with a tag head (``fusion`` ``"input"`` or ``"decoder"``).
+        volume, config, overlap, sw_batch_size, accumulate_on_cpu: as :func:`predict_volume`.
+
+    Returns:
+        (K, *volume.shape) float32, map k for the label map's k-th foreground organ.
+
+    Raises:
+        ValueError: the model has no tag head (``fusion="none"``), or dimensions that do not fit.
+    """
+    if getattr(model, "fusion", "none") == "none" or getattr(model, "tag_head", None) is None:
+        raise ValueError("this model was fine-tuned with fusion='none': it has no tag head, so no attention maps")
+    overlap = float(config.sw_overlap if overlap is None else overlap)
+    sw_batch_size = int(config.sw_batch_size if sw_batch_size is None else sw_batch_size)
+    model.eval()
+    x, _, as_slices = _network_input(volume, config)
+    maps = _sliding(lambda w: model.attention_maps(w).maps, x, config.roi_size, overlap, sw_batch_size,
+                    _model_device(model), accumulate_on_cpu)
+    return _back_to_volume(maps, volume, as_slices).numpy()
+
+
+# ---------------------------------------------------------------------------------------- files
+@dataclass(frozen=True)
+class PredictionFiles:
+    """What :func:`predict_file` wrote.
+
+    Attributes:
+        labels: the NIfTI of integer labels (input's shape and affine).
+        sidecar: the JSON describing it (label names and ids, checkpoint, input, kit version).
+        attention: the 4D NIfTI of the K attention maps, or None.
+    """
+
+    labels: Path
+    sidecar: Path
+    attention: Path | None = None
+
+
+def output_paths(output: str | Path) -> tuple[Path, Path, Path]:
+    """``(OUT.nii.gz, OUT.json, OUT_attention.nii.gz)`` for an output file name.
+
+    Raises:
+        ValueError: a name that does not end with ``.nii.gz`` or ``.nii``.
+    """
+    output = Path(output)
+    name = output.name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            stem = name[: -len(suffix)]
+            return output, output.with_name(stem + ".json"), output.with_name(stem + "_attention" + suffix)
+    raise ValueError(f"{output}: the output is written as NIfTI; its name must end with .nii.gz or .nii")
+
+
+def predict_file(
+    checkpoint: str | Path,
+    input_path: str | Path,
+    output: str | Path,
+    attention_maps: bool = False,
+    device: str = "auto",
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    accumulate_on_cpu: bool = False,
+    on_spacing_mismatch: str = "warn",
+    overwrite: bool = True,
+) -> PredictionFiles:
+    """Segment a scan file with a fine-tuning checkpoint and write the result next to it.
+
+    Args:
+        checkpoint: a fine-tuning checkpoint (``kind == "finetune"``).
+        input_path: a NIfTI file, a DICOM series folder or a DICOM file.
+        output: ``OUT.nii.gz`` (or ``.nii``): integer labels with the input's shape and affine.
+        attention_maps: also write the K attention maps as ``OUT_attention.nii.gz`` (4D,
+            channel last); needs a model with a tag head.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` ...
+        overlap, sw_batch_size, accumulate_on_cpu, on_spacing_mismatch: see :func:`predict_volume`.
+        overwrite: replace existing output files.
+
+    Returns:
+        :class:`PredictionFiles`.
+
+    Raises:
+        FileNotFoundError: the checkpoint or the input does not exist.
+        CheckpointError, ValueError: a file that is not a fine-tuning checkpoint (another kind, or
+            not a mosmoskit checkpoint), an input that is not an image, an output name that is not
+            NIfTI, attention maps asked of a model without a tag head, a model of other
+            dimensions than the scan.
+    """
+    import mosmoskit
+    from mosmoskit.data.readers import load_image, save_like
+    from mosmoskit.device import resolve_device
+    from mosmoskit.finetuning.config import variant_name
+    from mosmoskit.finetuning.run import read_finetune_checkpoint
+    from mosmoskit.io import atomic_write_text
+
+    labels_path, sidecar_path, attention_path = output_paths(output)
+    if not overwrite:
+        for path in (labels_path, sidecar_path, *((attention_path,) if attention_maps else ())):
+            if path.exists():
+                raise FileExistsError(f"{path} exists; pass overwrite=True or choose another output name")
+    loaded = read_finetune_checkpoint(checkpoint)
+    model, config, label_map = loaded.model, loaded.config, loaded.label_map
+    if attention_maps and config.fusion == "none":
+        raise ValueError(
+            f"{checkpoint}: attention maps were asked for, but this model was fine-tuned with fusion='none' "
+            f"({variant_name(config)}): it has no tag head"
+        )
+    volume = load_image(input_path)
+    model.to(resolve_device(device))
+    labels, _ = predict_volume(
+        model, volume, config, overlap, sw_batch_size, accumulate_on_cpu,
+        training_spacing=loaded.training_spacing, on_spacing_mismatch=on_spacing_mismatch,
+    )
+    save_like(labels, volume, labels_path, dtype=labels.dtype)
+    written_maps = None
+    if attention_maps:
+        maps = attention_maps_volume(model, volume, config, overlap, sw_batch_size, accumulate_on_cpu)
+        written_maps = save_like(maps.astype(np.float32), volume, attention_path)
+    present = {name: int(np.count_nonzero(labels == i)) for name, i in label_map.labels.items() if i}
+    sidecar = {
+        "output": str(labels_path),
+        "input": str(input_path),
+        "checkpoint": str(checkpoint),
+        "kit_version": mosmoskit.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "label_map": label_map.name,
+        "labels": dict(label_map.labels),
+        "voxels_per_label": present,
+        "input_shape": list(volume.original_shape),
+        "input_axcodes": "".join(volume.axcodes_original),
+        "spacing_mm": list(volume.spacing),
+        "resampled_to_mm": list(config.spacing) or None,
+        "training_spacing_mm": None if loaded.training_spacing is None else list(loaded.training_spacing),
+        "variant": variant_name(config),
+        "fusion": config.fusion,
+        "attention_maps": None if written_maps is None else str(written_maps),
+        "attention_map_channels": list(label_map.foreground_names) if written_maps is not None else None,
+    }
+    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1) + "\n")
+    return PredictionFiles(labels=labels_path, sidecar=sidecar_path, attention=written_maps)
