@@ -6,7 +6,6 @@ and run end to end under papermill; its tables and plots are checked against han
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
@@ -20,6 +19,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from notebook_checks import assert_thin_and_stripped, parameter_values  # noqa: E402
 from mosmoskit.config import config_from_dict, config_to_dict  # noqa: E402
 from mosmoskit.finetuning.config import FinetuneConfig  # noqa: E402
 from mosmoskit.finetuning.report import (  # noqa: E402
@@ -49,18 +49,6 @@ def _close_figures():
     plt.close("all")
 
 
-def _notebook():
-    import nbformat
-
-    return nbformat.read(str(NOTEBOOK), as_version=4)
-
-
-def _parameters_source() -> str:
-    cells = [c for c in _notebook().cells if c.cell_type == "code"]
-    assert "parameters" in cells[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
-    return cells[0].source
-
-
 # ----------------------------------------------------------------------------------- notebook
 def test_parameters_cell_names_equal_config_fields():
     from mosmoskit.notebooks import notebook_parameters
@@ -69,13 +57,7 @@ def test_parameters_cell_names_equal_config_fields():
 
 
 def test_parameters_cell_is_flat_typed_and_keeps_library_defaults():
-    lines = _parameters_source().splitlines()
-    assert lines[0] == "# Parameters"
-    values = {}
-    for line in lines[1:]:
-        assert "  # type: " in line, f"parameter line without a '# type: <type> <help>' comment: {line!r}"
-        name, literal = line.split("  # type: ")[0].split(" = ", 1)
-        values[name] = ast.literal_eval(literal)  # flat literals only
+    values = parameter_values(NOTEBOOK)
     defaults = config_to_dict(FinetuneConfig())
     changed = {k for k in FIELDS if values[k] != defaults[k]}
     assert changed <= SIZE_FIELDS, f"only sizes may differ from FinetuneConfig's defaults, got {changed - SIZE_FIELDS}"
@@ -83,14 +65,7 @@ def test_parameters_cell_is_flat_typed_and_keeps_library_defaults():
 
 
 def test_notebook_is_thin_and_saved_without_outputs():
-    for cell in _notebook().cells:
-        if cell.cell_type != "code":
-            continue
-        assert cell.outputs == [] and cell.execution_count is None, "save the notebook with outputs stripped"
-        tree = ast.parse(cell.source)
-        banned = [type(n).__name__ for n in ast.walk(tree)
-                  if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While, ast.AsyncFunctionDef))]
-        assert not banned, f"notebook cells call the library; found {banned} in:\n{cell.source}"
+    assert_thin_and_stripped(NOTEBOOK)
 
 
 def test_run_notebook_refuses_unknown_parameter(tmp_path):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 
-from mosmoskit.commands.pretrain import add_config_arguments, config_from_args
+from mosmoskit.commands.config_options import add_config_arguments, config_from_args
 from mosmoskit.finetuning.config import FinetuneConfig
 
 __all__ = ["HELP", "add_arguments", "format_summary", "run"]
