@@ -252,7 +252,10 @@ def test_task_step_returns_named_terms_and_validates():
     assert sorted(terms) == ["ce", "dice"] and all(t.requires_grad for t in terms.values())
     model.eval()
     with torch.no_grad():
-        metrics = task.validate([{"image": torch.rand(1, 1, 48, 40), "label": torch.zeros(1, 1, 48, 40)}])
+        # an organ in the ground truth makes the case count whatever the untrained model predicts
+        val_label = torch.zeros(1, 1, 48, 40)
+        val_label[..., 10:30, 10:30] = 1
+        metrics = task.validate([{"image": torch.rand(1, 1, 48, 40), "label": val_label}])
     assert set(metrics) == {"val_dice", "val_cases"} and metrics["val_cases"] == 1.0
 
 
@@ -304,10 +307,19 @@ def test_each_network_and_fusion_mode_fine_tunes(tmp_path, cohorts, pretrained, 
 
     # metrics.json / metrics.csv / per-case results agree and name every organ
     saved = json.loads((result.output_dir / "metrics.json").read_text())
-    assert saved["protocol"]["test_cases"] == len(result.per_case)
+    assert saved["protocol"]["test_cases"] == len(result.per_slice or result.per_case)
     assert set(saved["test"]["organs"]) == set(BTCV.foreground_names)
     rows = (result.output_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + len(result.per_case) * len(BTCV.foreground_names)
+    if dims == 2:
+        # 2D is scored per patient (its slices pooled); the slices stay available
+        assert saved["test_unit"].startswith("patient") and len(result.per_case) == 1
+        assert len(result.per_slice) == saved["protocol"]["test_cases"] > 1
+        slice_rows = (result.output_dir / "metrics_slices.csv").read_text().splitlines()
+        assert len(slice_rows) == 1 + len(result.per_slice) * len(BTCV.foreground_names)
+        assert saved["test_per_slice"]["n_cases"] == len(result.per_slice)
+    else:
+        assert saved["test_unit"] == "image" and not result.per_slice
 
     # the checkpoint alone rebuilds the trained model
     ckpt = load_checkpoint(result.checkpoint)
@@ -324,7 +336,7 @@ def test_each_network_and_fusion_mode_fine_tunes(tmp_path, cohorts, pretrained, 
         assert model(x).shape == (1, BTCV.num_classes, *config.roi_size)
 
     # metrics are those of the prediction files, read as stored (LPS) against the label files as stored
-    for case_id, organs in result.per_case.items():
+    for case_id, organs in (result.per_slice or result.per_case).items():
         pred_img = nib.load(str(result.output_dir / "predictions" / f"{case_id}.nii.gz"))
         label_img = nib.load(str(cohorts[dims] / "labelsTr" / f"{case_id}.nii.gz"))
         assert pred_img.shape == label_img.shape

@@ -324,3 +324,23 @@ def test_unknown_option_and_unpaired_map_raise():
         segmentation_train_transforms((8, 8, 8), "totalseg_ct", allow_lr_flip=True)
     assert AugmentConfig((8, 8), spatial_dims=2).flip_axes == (1,)
     assert AugmentConfig((8, 8, 8)).flip_axes == (1, 2)
+
+
+def test_class_balanced_crops_reach_a_small_organ_as_often_as_a_large_one():
+    """A 3x3 adrenal next to a 70x70 liver: random foreground centres almost never land on the adrenal,
+    class-balanced centres do about as often as on the liver."""
+    label = torch.zeros(1, 128, 128)
+    label[0, 10:80, 10:80] = 6      # liver
+    label[0, 100:103, 100:103] = 13  # adrenal_gland_left
+    sample = {"image": torch.rand(1, 128, 128), "label": label}
+    quiet = dict(affine_prob=0.0, flip_prob=0.0, intensity_prob=0.0)
+
+    def share_with_adrenal(class_balanced: bool) -> float:
+        chain = segmentation_train_transforms((16, 16), "btcv", spatial_dims=2, num_samples=200,
+                                              pos_neg_ratio=float("inf"), class_balanced=class_balanced, **quiet)
+        chain.set_random_state(0)
+        crops = chain(dict(sample))
+        return sum(bool((c["label"] == 13).any()) for c in crops) / len(crops)
+
+    assert share_with_adrenal(False) < 0.05
+    assert 0.35 < share_with_adrenal(True) < 0.65

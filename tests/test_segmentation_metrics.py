@@ -302,3 +302,50 @@ def test_real_scan_shift_matches_monai(totalseg):
             )
         assert shifted[name]["hd95"] == pytest.approx(float(ref), rel=1e-5)
         assert 0.0 < shifted[name]["hd95"] <= 6.0
+
+
+# ------------------------------------------------------------------------------ pool_by_group
+def test_pooled_dice_equals_dice_of_the_stacked_slices():
+    """Pooling per-slice metrics gives exactly organ_metrics on the patient's slices stacked."""
+    from mosmoskit.evaluation.segmentation import pool_by_group
+
+    rng = np.random.default_rng(0)
+    lmap = load_label_map("btcv")
+    slices_gt = [rng.integers(0, 4, size=(12, 12)) for _ in range(3)]
+    slices_pred = [np.where(rng.random((12, 12)) < 0.7, g, rng.integers(0, 4, size=(12, 12))) for g in slices_gt]
+    slices_gt[2][slices_gt[2] == 3] = 0            # kidney_left absent from the last slice's GT ...
+    slices_pred[2][slices_pred[2] == 3] = 0        # ... and from its prediction: absent_both there
+    per_slice = {f"p_s{i}": organ_metrics(p, g, lmap, spacing=(1.0, 1.0)) for i, (p, g) in
+                 enumerate(zip(slices_pred, slices_gt))}
+    pooled = pool_by_group(per_slice, {c: "p" for c in per_slice})["p"]
+    stacked = organ_metrics(np.stack(slices_pred, -1), np.stack(slices_gt, -1), lmap, spacing=(1.0, 1.0, 1.0))
+    for organ in lmap.foreground_names:
+        assert pooled[organ]["status"] == stacked[organ]["status"]
+        assert pooled[organ]["gt_voxels"] == stacked[organ]["gt_voxels"]
+        assert pooled[organ]["pred_voxels"] == stacked[organ]["pred_voxels"]
+        if math.isnan(stacked[organ]["dice"]):
+            assert math.isnan(pooled[organ]["dice"])
+        else:
+            assert pooled[organ]["dice"] == pytest.approx(stacked[organ]["dice"], abs=1e-12)
+    assert pooled["spleen"]["n_slices"] == 3
+
+
+def test_pooling_keeps_patients_apart_and_states_missing_and_false_positive():
+    from mosmoskit.evaluation.segmentation import pool_by_group
+
+    lmap = load_label_map("btcv")
+    empty = np.zeros((6, 6), dtype=np.int64)
+    spleen = empty.copy()
+    spleen[1:4, 1:4] = 1
+    per_slice = {
+        "a0": organ_metrics(empty, spleen, lmap, spacing=(1.0, 1.0)),   # patient a: spleen missed
+        "a1": organ_metrics(empty, empty, lmap, spacing=(1.0, 1.0)),
+        "b0": organ_metrics(spleen, empty, lmap, spacing=(1.0, 1.0)),   # patient b: spleen hallucinated
+    }
+    pooled = pool_by_group(per_slice, {"a0": "a", "a1": "a", "b0": "b"})
+    assert list(pooled) == ["a", "b"]
+    assert pooled["a"]["spleen"]["status"] == "missed" and pooled["a"]["spleen"]["dice"] == 0.0
+    assert pooled["b"]["spleen"]["status"] == "false_positive" and pooled["b"]["spleen"]["dice"] == 0.0
+    assert pooled["a"]["liver"]["status"] == "absent_both" and math.isnan(pooled["a"]["liver"]["dice"])
+    with pytest.raises(ValueError, match="no patient for case"):
+        pool_by_group(per_slice, {"a0": "a"})

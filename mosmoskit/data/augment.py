@@ -46,6 +46,7 @@ from monai.transforms import (
     Flip,
     MapTransform,
     RandAffined,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandomizableTransform,
@@ -223,6 +224,12 @@ class AugmentConfig:
         intensity_shift: intensity offset range, in image units (a [0, 1] CT window: 0.1).
         image_threshold: if set, background crop centres must also have image > this value
             (inside the body), as in MONAI's BTCV tutorial.
+        class_balanced: centre foreground crops on each organ equally often
+            (``RandCropByLabelClassesd``, ratios 1 per organ present in the sample) instead of on a
+            random foreground voxel, which favours large organs in proportion to their size. Small
+            organs (adrenals, esophagus) then appear in a crop about as often as the liver does.
+            Background-centred crops get the weight of one organ divided by ``pos_neg_ratio``
+            (``inf``: none), among the organs present in the sample.
 
     Raises:
         ValueError: a value outside the ranges above; the message names the field and value.
@@ -243,6 +250,7 @@ class AugmentConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     image_threshold: float | None = None
+    class_balanced: bool = False
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
@@ -307,17 +315,39 @@ def train_transforms_from_config(
         # Cases smaller than the ROI (thin slabs, small 2D slices) are padded with background
         # first, so every crop has exactly roi_size.
         SpatialPadd(keys, spatial_size=config.roi_size),
-        RandCropByPosNegLabeld(
-            keys,
-            label_key=label_key,
-            spatial_size=config.roi_size,
-            pos=pos,
-            neg=neg,
-            num_samples=config.num_samples,
-            image_key=image_key if config.image_threshold is not None else None,
-            image_threshold=float(config.image_threshold or 0.0),
-        ),
     ]
+    if config.class_balanced:
+        # MONAI drops the classes a sample lacks and renormalises, so a weight per class is the
+        # only stable meaning: background is centred on as often as one organ, times neg / pos.
+        n_organs = lmap.num_classes - 1
+        background = 1.0 if pos == 0 else neg / pos
+        organ = 1.0 if pos > 0 else 0.0
+        chain.append(
+            RandCropByLabelClassesd(
+                keys,
+                label_key=label_key,
+                spatial_size=config.roi_size,
+                ratios=[background] + [organ] * n_organs,
+                num_classes=lmap.num_classes,
+                num_samples=config.num_samples,
+                image_key=image_key if config.image_threshold is not None else None,
+                image_threshold=float(config.image_threshold or 0.0),
+                warn=False,  # organs absent from a sample are expected (2D slices, resections)
+            )
+        )
+    else:
+        chain.append(
+            RandCropByPosNegLabeld(
+                keys,
+                label_key=label_key,
+                spatial_size=config.roi_size,
+                pos=pos,
+                neg=neg,
+                num_samples=config.num_samples,
+                image_key=image_key if config.image_threshold is not None else None,
+                image_threshold=float(config.image_threshold or 0.0),
+            )
+        )
     if config.affine_prob > 0:
         angle = math.radians(config.max_rotation_deg)
         chain.append(

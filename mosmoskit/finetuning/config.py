@@ -22,11 +22,14 @@ from dataclasses import dataclass, fields
 
 from mosmoskit.config import check_choice, check_positive
 
-__all__ = ["FinetuneConfig", "ROI_DIVISOR", "variant_name"]
+__all__ = ["DEFAULT_LR", "FinetuneConfig", "ROI_DIVISOR", "variant_name"]
 
 #: Both segmenters need sizes divisible by 16: UNETR's ViT has 16-voxel patches, BasicUNet pools 4 times.
 ROI_DIVISOR = 16
 _FUSION_MODES = ("none", "input", "decoder")
+#: Peak learning rate per network when ``lr`` is 0: measured on the phantoms (README, fine-tuning
+#: section): BasicUNet trains well at 3e-3; UNETR's ViT needs about ten times less.
+DEFAULT_LR = {2: 3e-3, 3: 4e-4}
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,21 @@ class FinetuneConfig:
         crops_per_case: random crops of ``roi_size`` drawn per loaded case (the batch holds
             ``batch_size * crops_per_case`` crops).
         pos_neg_ratio: crops centred on an organ per crop centred on background.
+        class_balanced_crops: centre organ crops on each organ equally often, rather than on a
+            random organ voxel (which mostly lands in the liver); helps small organs.
         allow_lr_flip: mirror left-right with left/right organ ids swapped (never plain flips of
             the left-right axis; keep off for hearts).
         cache_rate: share of the training cases whose loaded, windowed volumes are kept in memory.
 
+    Loss:
+        batch_dice: Dice per organ over all crops of a batch rather than per crop, then averaged
+            (nnU-Net's choice). Per crop, a crop that misses a small organ scores that organ's
+            Dice 0 for any false positive, which teaches the network to never predict it.
+
     Optimisation:
-        max_steps, batch_size, lr, weight_decay, warmup_steps, grad_clip_norm (0: no clipping),
+        lr: peak learning rate of AdamW; 0 (default) picks the network's: 3e-3 for the 2D U-Net,
+            4e-4 for UNETR, whose transformer diverges at the U-Net's rate (:attr:`learning_rate`).
+        max_steps, batch_size, weight_decay, warmup_steps, grad_clip_norm (0: no clipping),
         val_every (0: only at the end), checkpoint_every, num_workers, device ("auto", "cpu",
         "cuda", ...), seed (training and labelled-subset seed), output_dir, overwrite (reuse a
         folder that holds a finished run; otherwise an interrupted run there is resumed).
@@ -126,7 +138,7 @@ class FinetuneConfig:
     split_seed: int = 0
 
     spatial_dims: int = 2
-    roi_size: tuple[int, ...] = (128, 128)
+    roi_size: tuple[int, ...] = (96, 96)
     pretrained_checkpoint: str = ""
     fusion: str = "none"
     init_encoder: bool = True
@@ -136,14 +148,17 @@ class FinetuneConfig:
 
     crops_per_case: int = 2
     pos_neg_ratio: float = 1.0
+    class_balanced_crops: bool = True
     allow_lr_flip: bool = False
     cache_rate: float = 1.0
 
-    max_steps: int = 300
-    batch_size: int = 2
-    lr: float = 1e-3
+    batch_dice: bool = True
+
+    max_steps: int = 1500
+    batch_size: int = 8
+    lr: float = 0.0
     weight_decay: float = 1e-5
-    warmup_steps: int = 20
+    warmup_steps: int = 50
     grad_clip_norm: float = 1.0
     val_every: int = 100
     checkpoint_every: int = 100
@@ -225,7 +240,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        check_positive("lr", self.lr)
+        check_positive("lr", self.lr, allow_zero=True)
         for name in ("weight_decay", "grad_clip_norm", "pos_neg_ratio"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0.0 < self.cache_rate <= 1.0:
@@ -234,6 +249,13 @@ class FinetuneConfig:
             raise ValueError(f"sw_overlap must be in [0, 1), got {self.sw_overlap!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"output_dir must be a non-empty folder path, got {self.output_dir!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate used: ``lr``, or the network's default when ``lr`` is 0."""
+        if self.lr:
+            return float(self.lr)
+        return DEFAULT_LR[self.spatial_dims]
 
     @property
     def uses_pretrained(self) -> bool:

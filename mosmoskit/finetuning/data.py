@@ -277,6 +277,7 @@ def train_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
     augment = segmentation_train_transforms(
         config.roi_size, label_map, spatial_dims=config.spatial_dims, pos_neg_ratio=config.pos_neg_ratio,
         num_samples=config.crops_per_case, allow_lr_flip=config.allow_lr_flip,
+        class_balanced=config.class_balanced_crops,
     )
     # One flat chain: CacheDataset caches up to the first random transform, and a nested Compose
     # counts as random, which would switch caching off.

@@ -13,7 +13,8 @@
 
 The run folder holds the checkpoints (``last.pt`` is the newest), ``history.jsonl``,
 ``config.json``, ``label_map.json``, ``metrics.json`` (protocol, split, per-organ summary,
-what was loaded), ``metrics.csv`` (one row per test case and organ) and, with
+what was loaded), ``metrics.csv`` (one row per test case and organ; in 2D per test *patient*, its
+slices pooled, with ``metrics_slices.csv`` holding the per-slice rows) and, with
 ``save_predictions``, ``predictions/<case>.nii.gz`` in each input file's own orientation and
 affine. A folder with ``metrics.json`` is never reused silently (``overwrite=True`` starts over); a
 folder with checkpoints but no metrics (an interrupted run) is resumed.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -79,7 +80,10 @@ class FinetuneResult:
         metrics: test-set summary from :func:`~mosmoskit.evaluation.segmentation.summarize_metrics`:
             ``organs`` (per-organ Dice/HD95 mean and std, status counts), ``mean_dice``,
             ``mean_hd95`` (mm), ``never_learned``, ``n_cases``.
-        per_case: case id -> organ -> ``{"dice", "hd95", "status", "gt_voxels", "pred_voxels"}``.
+        per_case: case id -> organ -> ``{"dice", "hd95", "status", "gt_voxels", "pred_voxels"}``;
+            in 2D, patient id -> organ -> the metrics of that patient's slices pooled
+            (:func:`~mosmoskit.evaluation.segmentation.pool_by_group`), what ``metrics`` summarises.
+        per_slice: in 2D, slice id -> organ -> the metrics of each slice alone (empty in 3D).
         history: per-step training logs and validation rows.
         split: case and patient counts (and ids) of the training pool, labelled subset,
             validation and test sets.
@@ -97,6 +101,7 @@ class FinetuneResult:
     protocol: dict[str, Any]
     load_report: dict[str, Any]
     seconds: float
+    per_slice: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -357,7 +362,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     from monai.data import list_data_collate
 
     from mosmoskit.device import seed_everything
-    from mosmoskit.evaluation.segmentation import summarize_metrics, write_metrics_csv
+    from mosmoskit.evaluation.segmentation import pool_by_group, summarize_metrics, write_metrics_csv
     from mosmoskit.finetuning.data import make_train_dataset, make_val_loader, median_spacing, prepare_finetuning_data
     from mosmoskit.finetuning.task import SegmentationTask
     from mosmoskit.training import Trainer, TrainerConfig
@@ -389,9 +394,10 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     }
     train_ds = make_train_dataset(data, config, progress=progress)
     val_loader = make_val_loader(data, config)
-    task = SegmentationTask(model, label_map, config.roi_size, config.sw_batch_size, config.sw_overlap)
+    task = SegmentationTask(model, label_map, config.roi_size, config.sw_batch_size, config.sw_overlap,
+                            batch_dice=config.batch_dice)
     trainer_config = TrainerConfig(
-        max_steps=config.max_steps, lr=config.lr, weight_decay=config.weight_decay,
+        max_steps=config.max_steps, lr=config.learning_rate, weight_decay=config.weight_decay,
         warmup_steps=config.warmup_steps, grad_clip_norm=config.grad_clip_norm or None, device=config.device,
         seed=config.seed, output_dir=str(out), val_every=config.val_every,
         checkpoint_every=config.checkpoint_every, progress=progress, resume=True,
@@ -406,14 +412,23 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     seconds = time.perf_counter() - start
 
     predictions_dir = out / PREDICTIONS_DIR if config.save_predictions else None
-    per_case = evaluate_test_set(task.model, data, config, predictions_dir, progress=progress)
+    per_image = evaluate_test_set(task.model, data, config, predictions_dir, progress=progress)
+    per_slice: dict[str, Any] = {}
+    per_case, unit = per_image, "image"
+    if config.spatial_dims == 2 and len(set(data.split.groups[c] for c in per_image)) < len(per_image):
+        # Slices of one patient: score the patient, as a 3D network would be scored (pool_by_group).
+        per_slice, unit = per_image, "patient (its 2D slices pooled)"
+        per_case = pool_by_group(per_image, data.split.groups)
+        write_metrics_csv(out / "metrics_slices.csv", per_slice)
     summary = summarize_metrics(per_case)
     split = data.split.summary()
     protocol = _protocol(config, split)
     write_metrics_csv(out / "metrics.csv", per_case)
     record = {
         "protocol": protocol,
+        "test_unit": unit,
         "test": summary,
+        **({"test_per_slice": summarize_metrics(per_slice)} if per_slice else {}),
         "split": split,
         "load_report": report.to_dict(),
         "train": {"steps": int(fit.step), "seconds": round(seconds, 1), "last_validation": dict(fit.metrics),
@@ -421,7 +436,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     }
     atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(record), indent=1) + "\n")
     return FinetuneResult(
-        output_dir=out, checkpoint=Path(fit.last_checkpoint), metrics=summary, per_case=per_case,
+        output_dir=out, checkpoint=Path(fit.last_checkpoint), metrics=summary, per_case=per_case, per_slice=per_slice,
         history=list(fit.history), split=split, protocol=protocol, load_report=report.to_dict(), seconds=seconds,
     )
 

@@ -94,6 +94,8 @@ class SegmentationTask:
         roi_size: the sliding window used by :meth:`validate`.
         sw_batch_size, overlap: sliding-window settings of :meth:`validate`.
         dice_weight, ce_weight: weights of the two loss terms.
+        batch_dice: Dice over the whole batch per organ rather than per crop (see
+            :class:`~mosmoskit.losses.SegmentationLoss`).
 
     Example:
         >>> import torch
@@ -115,13 +117,15 @@ class SegmentationTask:
         overlap: float = 0.25,
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
+        batch_dice: bool = True,
     ) -> None:
         self.model = model
         self.label_map = label_map
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
-        self.loss = SegmentationLoss(label_map.num_classes, dice_weight=dice_weight, ce_weight=ce_weight)
+        self.loss = SegmentationLoss(label_map.num_classes, dice_weight=dice_weight, ce_weight=ce_weight,
+                                      batch=batch_dice)
 
     def step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Loss terms of one batch.
