@@ -1032,6 +1032,7 @@ def run_benchmarks(
     threads: int = 0,
     isolate: bool | None = None,
     progress: bool = True,
+    text_encoder: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark cases and return everything as a JSON-ready dict.
 
@@ -1046,6 +1047,9 @@ def run_benchmarks(
         repeats: timed repetitions per case (the median is reported).
         warmup: untimed repetitions per case before them.
         only: shell patterns selecting cases (``["finetune/*"]``); None runs all.
+        text_encoder: the pre-training case's text encoder instead of the size's (``"tiny"``
+            needs no installed model; the timing then leaves out MiniLM's cost, which the
+            result's ``config`` records).
         threads: torch intra-op threads in every case (0: torch's default, one per core). On a
             machine shared with other jobs use 1: OpenMP threads that spin-wait for a descheduled
             sibling made a step 5-60x slower, and noisy, on a loaded 2-core machine.
@@ -1077,6 +1081,8 @@ def run_benchmarks(
         raise ValueError(f"threads must be an integer >= 0 (0: torch's default), got {threads!r}")
     cases = select_cases(only)
     cfg = SIZES[size]
+    if text_encoder:
+        cfg = replace(cfg, text_encoder=text_encoder)
     dev = resolve_device(device)
     amp = None
     if dev.type == "cuda":
@@ -1267,6 +1273,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(768 hidden, 96^3) over 512x512x128, for a GPU")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per case (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions per case before them")
+    parser.add_argument("--text-encoder", default=None, choices=("tiny", "minilm"),
+                        help="pre-training case's text encoder (default: the size's; tiny needs no installed model)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per case (default 0: torch's default); use 1 on a machine shared "
                              "with other jobs, where spin-waiting OpenMP threads make timings slow and noisy")
@@ -1284,7 +1292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     result = run_benchmarks(size=args.size, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                            only=args.only, threads=args.threads)
+                            only=args.only, threads=args.threads, text_encoder=args.text_encoder)
     result["command"] = " ".join(["python -m benchmarks.run", *argv])
     device_type = result["device"].split(":")[0]
     out = Path(args.out) if args.out else Path("runs") / "benchmarks" / f"{args.size}_{device_type}.json"

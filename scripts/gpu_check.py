@@ -187,14 +187,16 @@ def finetune_part(settings: CheckSettings, device: Any, out: Path, checkpoint: s
 
 
 def benchmark_part(
-    settings: CheckSettings, device: Any, out: Path, only: Sequence[str] | None = None
+    settings: CheckSettings, device: Any, out: Path, only: Sequence[str] | None = None,
+    text_encoder: str | None = None,
 ) -> dict[str, Any]:
     """The benchmark table (all cases, or those matching ``only``), also written as benchmark.json."""
     from benchmarks.run import format_table, run_benchmarks
     from mosmoskit.io import atomic_write_text
 
     result = run_benchmarks(size=settings.benchmark_size, device=str(device), repeats=settings.benchmark_repeats,
-                            warmup=settings.benchmark_warmup, threads=settings.threads, only=only)
+                            warmup=settings.benchmark_warmup, threads=settings.threads, only=only,
+                            text_encoder=text_encoder)
     result["command"] = "python scripts/gpu_check.py (benchmark part)"
     atomic_write_text(out / "benchmark.json", json.dumps(result, indent=1) + "\n")
     table = format_table(result)
@@ -235,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/gpu_check", help="output folder (default runs/gpu_check)")
     parser.add_argument("--skip", nargs="*", default=(), choices=("benchmark", "pretrain", "finetune"),
                         help="parts to leave out")
+    parser.add_argument("--text-encoder", default=None, choices=("minilm", "tiny"),
+                        help="text encoder of the pre-training part (default: minilm on a GPU, tiny with --tiny); "
+                             "'tiny' needs no installed model")
     parser.add_argument("--bench-only", nargs="+", default=None, metavar="PATTERN",
                         help="benchmark only the cases matching these patterns (default: all)")
     return parser
@@ -249,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     settings = TINY_SETTINGS if args.tiny else GPU_SETTINGS
+    if args.text_encoder:
+        settings = dataclasses.replace(settings, text_encoder=args.text_encoder)
     device = resolve_device(args.device or ("cpu" if args.tiny else "cuda"))
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -264,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     parts = report["parts"]
     if "benchmark" not in args.skip:
-        parts["benchmark"] = _part("benchmark", lambda: benchmark_part(settings, device, out, args.bench_only), device)
+        parts["benchmark"] = _part("benchmark", lambda: benchmark_part(settings, device, out, args.bench_only,
+                                                                         args.text_encoder), device)
     checkpoint = None
     if "pretrain" not in args.skip:
         parts["pretrain"] = _part("pretrain", lambda: pretrain_part(settings, device, out), device)
