@@ -214,3 +214,19 @@ def test_gpu_check_tiny_runs_on_cpu(tmp_path):
 def test_gpu_check_refuses_an_unknown_part(tmp_path):
     proc = _run(["scripts/gpu_check.py", "--tiny", "--skip", "everything"], tmp_path, timeout=120)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_unetr3d_full_labels_script_runs_tiny_on_cpu(tmp_path):
+    """The 3D GPU check script works end to end (tiny sizes, two steps) and writes its summary."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "unetr3d_full_labels.py"
+    spec = importlib.util.spec_from_file_location("unetr3d_full_labels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", str(tmp_path), "--tiny", "--max-steps", "2"]) == 0
+    summary = json.loads((tmp_path / "unetr3d_full_labels.json").read_text())
+    assert summary["steps"] == 2 and summary["device"] == "cpu" and 0.0 <= summary["mean_dice"] <= 1.0
+    assert len(summary["organs"]) == 13
