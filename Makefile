@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet "$(TORCH_PIN)" -e ".[demo,notebooks,test]"
+	$(VENV)/bin/python -m pip install --quiet "$(TORCH_PIN)" -e ".[demo,notebooks,test,browser]"
 	touch $@
 
 demo: setup
