@@ -14,7 +14,7 @@ import sys
 from mosmoskit import __version__
 
 # Order is the order shown by --help.
-COMMANDS = ["phantoms", "summarize", "pretrain", "finetune", "predict", "demo"]
+COMMANDS = ["phantoms", "summarize", "pretrain", "finetune", "predict", "run-notebooks", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
