@@ -344,3 +344,32 @@ def test_class_balanced_crops_reach_a_small_organ_as_often_as_a_large_one():
 
     assert share_with_adrenal(False) < 0.05
     assert 0.35 < share_with_adrenal(True) < 0.65
+
+
+def test_stored_class_indices_give_the_same_crops_as_scanning_the_mask():
+    """ClassIndicesd in the cached prefix is a pure speed-up: same seed, same crops."""
+    from mosmoskit.data.augment import ClassIndicesd
+
+    rng = np.random.default_rng(3)
+    label = torch.as_tensor(rng.integers(0, 14, size=(1, 40, 36, 20)))
+    image = torch.rand(1, 40, 36, 20)
+    quiet = dict(affine_prob=0.0, flip_prob=0.0, intensity_prob=0.0, class_balanced=True)
+    scan = segmentation_train_transforms((16, 16, 8), "btcv", num_samples=6, **quiet)
+    stored = segmentation_train_transforms((16, 16, 8), "btcv", num_samples=6, label_indices_key="idx", **quiet)
+    scan.set_random_state(7)
+    stored.set_random_state(7)
+    with_indices = ClassIndicesd("label", 14, output_key="idx")({"image": image, "label": label})
+    a = scan({"image": image, "label": label})
+    b = stored(with_indices)
+    assert all(torch.equal(x["label"], y["label"]) and torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+
+
+def test_class_indices_are_thinned_to_a_bound_and_stay_inside_their_class():
+    from mosmoskit.data.augment import ClassIndicesd
+
+    label = torch.zeros(1, 50, 50, dtype=torch.long)
+    label[0, :5, :5] = 2
+    out = ClassIndicesd("label", 3, max_per_class=100)({"label": label})["label_cls_indices"]
+    assert 90 <= len(out[0]) <= 100 and len(out[1]) == 0 and len(out[2]) == 25  # 2475 background voxels, stride 25
+    flat = label.reshape(-1).numpy()
+    assert (flat[out[0]] == 0).all() and (flat[out[2]] == 2).all() and len(out[1]) == 0

@@ -59,6 +59,7 @@ from mosmoskit.labels import LabelMap, load_label_map
 
 __all__ = [
     "AugmentConfig",
+    "ClassIndicesd",
     "LR_AXIS",
     "LeftRightSwapFlipd",
     "left_right_pairs",
@@ -101,6 +102,57 @@ def left_right_pairs(label_map: LabelMap | str) -> tuple[tuple[tuple[str, str], 
         elif words[i] == "left":
             pairs.append((name, other))
     return tuple(pairs), tuple(unpaired)
+
+
+class ClassIndicesd(MapTransform):
+    """Store the flat voxel indices of every class of a mask, for class-balanced crops.
+
+    ``RandCropByLabelClassesd`` otherwise scans the whole mask once per class for every crop it
+    cuts: on a 160x160x128 volume that is most of a training step's data time. This transform is
+    deterministic, so a ``CacheDataset`` keeps its output and the scan happens once per case.
+    Large classes are thinned with a fixed stride to at most ``max_per_class`` indices (a crop
+    centre needs a representative voxel, not all of them), which bounds the memory per case to
+    ``num_classes * max_per_class`` integers.
+
+    Args:
+        label_key: the integer mask, channel first ``(1, *spatial)``.
+        num_classes: classes of the label map, background included.
+        output_key: where the list of per-class index arrays goes (default ``label_key +
+            "_cls_indices"``).
+        max_per_class: indices kept per class at most.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.zeros(1, 4, 4, dtype=torch.long); mask[0, 1, 2] = 2
+        >>> out = ClassIndicesd("label", num_classes=3)({"label": mask})
+        >>> [len(i) for i in out["label_cls_indices"]], int(out["label_cls_indices"][2][0])
+        ([15, 0, 1], 6)
+    """
+
+    def __init__(self, label_key: str, num_classes: int, output_key: str | None = None,
+                 max_per_class: int = 200_000) -> None:
+        super().__init__((label_key,))
+        if num_classes < 2 or max_per_class < 1:
+            raise ValueError(f"num_classes must be >= 2 and max_per_class >= 1, got {num_classes}, {max_per_class}")
+        self.label_key = label_key
+        self.num_classes = int(num_classes)
+        self.output_key = output_key or f"{label_key}_cls_indices"
+        self.max_per_class = int(max_per_class)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.utils import convert_to_numpy
+
+        d = dict(data)
+        label = convert_to_numpy(d[self.label_key])
+        flat = label.reshape(label.shape[0], -1)[0] if label.ndim > 1 else label.ravel()
+        indices = []
+        for k in range(self.num_classes):
+            found = np.flatnonzero(flat == k)
+            if found.size > self.max_per_class:
+                found = found[:: int(math.ceil(found.size / self.max_per_class))]
+            indices.append(found)
+        d[self.output_key] = indices
+        return d
 
 
 def _check_prob(value: float, name: str) -> float:
@@ -230,6 +282,10 @@ class AugmentConfig:
             organs (adrenals, esophagus) then appear in a crop about as often as the liver does.
             Background-centred crops get the weight of one organ divided by ``pos_neg_ratio``
             (``inf``: none), among the organs present in the sample.
+        label_indices_key: with ``class_balanced``, the key where :class:`ClassIndicesd` stored
+            each class's voxel indices earlier in the pipeline (in its cached part), so a crop
+            draws a centre without scanning the whole mask; ``None`` scans the mask at every crop.
+            Ignored when ``image_threshold`` is set (the threshold needs the image at crop time).
 
     Raises:
         ValueError: a value outside the ranges above; the message names the field and value.
@@ -251,6 +307,7 @@ class AugmentConfig:
     intensity_shift: float = 0.1
     image_threshold: float | None = None
     class_balanced: bool = False
+    label_indices_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
@@ -332,6 +389,7 @@ def train_transforms_from_config(
                 num_samples=config.num_samples,
                 image_key=image_key if config.image_threshold is not None else None,
                 image_threshold=float(config.image_threshold or 0.0),
+                indices_key=config.label_indices_key if config.image_threshold is None else None,
                 warn=False,  # organs absent from a sample are expected (2D slices, resections)
             )
         )

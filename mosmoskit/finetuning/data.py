@@ -274,14 +274,30 @@ def train_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
 
     from mosmoskit.data.augment import segmentation_train_transforms
 
+    from monai.transforms import SpatialPadd
+
+    from mosmoskit.data.augment import ClassIndicesd
+
+    indices_key = "label_cls_indices" if config.class_balanced_crops else None
     augment = segmentation_train_transforms(
         config.roi_size, label_map, spatial_dims=config.spatial_dims, pos_neg_ratio=config.pos_neg_ratio,
         num_samples=config.crops_per_case, allow_lr_flip=config.allow_lr_flip,
-        class_balanced=config.class_balanced_crops,
+        class_balanced=config.class_balanced_crops, label_indices_key=indices_key,
     )
+    # Pad (as the augmentation would) and find each class's voxels once, in the cached prefix: the
+    # class-balanced crop then draws its centre from stored indices instead of scanning the mask.
+    cached: list[Any] = [*_base(config, label_map)]
+    if indices_key:
+        cached += [SpatialPadd(KEYS, spatial_size=config.roi_size),
+                   ClassIndicesd("label", label_map.num_classes, output_key=indices_key)]
     # One flat chain: CacheDataset caches up to the first random transform, and a nested Compose
     # counts as random, which would switch caching off.
-    return Compose([*_base(config, label_map), *augment.transforms, EnsureTyped(KEYS, track_meta=False)])
+    tail: list[Any] = [EnsureTyped(KEYS, track_meta=False)]
+    if indices_key:
+        from monai.transforms import DeleteItemsd
+
+        tail.insert(0, DeleteItemsd(indices_key))  # the crops need them no more; the batch must not carry them
+    return Compose([*cached, *augment.transforms, *tail])
 
 
 def eval_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
