@@ -56,6 +56,7 @@ __all__ = [
     "expand_sweep",
     "notebooks_dir",
     "parse_assignments",
+    "plan_sweep",
     "run_pipeline",
     "run_sweep",
 ]
@@ -386,6 +387,48 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "", text)[:40] or "x"
 
 
+def plan_sweep(
+    sweep_file: str | Path, sweep_dir: str | Path, overrides: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[NotebookStage], list[tuple[str, dict[str, Any], dict[str, Path]]]]:
+    """Read and check a sweep file without running anything.
+
+    Returns:
+        ``(spec, selected notebooks, plans)`` with one ``(run name, parameters, notebook folders)``
+        per grid point; a notebook's folder is keyed by its parameters and those of everything
+        upstream, so identical upstream notebooks share one folder.
+
+    Raises:
+        FileNotFoundError: no sweep file or notebook. ValueError: malformed YAML, grid, or a
+            parameter name no notebook declares (naming the file).
+    """
+    import yaml
+
+    path = Path(sweep_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    runs = expand_sweep(spec, source=str(path))
+    selected = _select(spec.get("stages"))
+    declared = _declared(notebooks_dir(), selected)
+    sweep_dir = Path(sweep_dir).resolve()
+    plans = []
+    for name, params in runs:
+        params = {**params, **dict(overrides or {})}
+        try:
+            per = _resolve_parameters(params, selected, declared)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        stage_dirs, upstream = {}, []
+        for s in selected:
+            upstream.append([s.key, per[s.key]])
+            stage_dirs[s.key] = sweep_dir / "stages" / f"{s.folder}_{_digest(upstream)}"
+        plans.append((name, params, stage_dirs))
+    return spec, selected, plans
+
+
 def run_sweep(
     sweep_file: str | Path, sweep_dir: str | Path, overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False, html: bool = True, log: Any = print,
@@ -408,29 +451,9 @@ def run_sweep(
     Raises:
         FileNotFoundError: no sweep file. ValueError: a malformed sweep (before anything runs).
     """
-    import yaml
-
     path = Path(sweep_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from err
-    runs = expand_sweep(spec, source=str(path))
-    selected = _select(spec.get("stages"))
-    declared = _declared(notebooks_dir(), selected)
     sweep_dir = Path(sweep_dir).resolve()
-    plans = []
-    for name, params in runs:
-        params = {**params, **dict(overrides or {})}
-        per = _resolve_parameters(params, selected, declared)  # refuses bad names before anything runs
-        # A notebook's folder is keyed by its parameters and those of everything upstream.
-        stage_dirs, upstream = {}, []
-        for s in selected:
-            upstream.append([s.key, per[s.key]])
-            stage_dirs[s.key] = sweep_dir / "stages" / f"{s.folder}_{_digest(upstream)}"
-        plans.append((name, params, stage_dirs))
+    spec, selected, plans = plan_sweep(path, sweep_dir, overrides)
     say = log or (lambda *a, **k: None)
     say(f"sweep {path.name}: {len(plans)} run(s) into {sweep_dir}")
     rows = []

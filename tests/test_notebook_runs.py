@@ -103,3 +103,16 @@ def test_cli_lists_run_notebooks_and_rejects_bad_names(tmp_path, capsys):
     assert "run-notebooks" in cli.COMMANDS
     code = cli.main(["run-notebooks", "--out", str(tmp_path / "r"), "--only", "03", "--set", "03.nope=1"])
     assert code == 2 and "has no parameter 'nope'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sweep", sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_files_name_only_declared_parameters(sweep, tmp_path):
+    """Every sweep file in sweeps/ expands, and every name in it is a parameter of its notebooks."""
+    from mosmoskit.notebook_runs import plan_sweep
+
+    spec, selected, plans = plan_sweep(sweep, tmp_path)
+    assert plans and all(len(dirs) == len(selected) for _, _, dirs in plans)
+    # runs that differ only downstream share the upstream notebook's folder
+    first = [dirs[selected[0].key] for _, _, dirs in plans]
+    assert len(set(first)) <= len(plans)
