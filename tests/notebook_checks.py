@@ -37,3 +37,26 @@ def assert_thin_and_stripped(path: Path) -> None:
         banned = [type(n).__name__ for n in ast.walk(tree)
                   if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While, ast.AsyncFunctionDef))]
         assert not banned, f"notebook cells call the library; found {banned} in:\n{cell.source}"
+
+
+def tiny_mosmos_checkpoint(root: Path) -> Path:
+    """A 2D MOSMOS fine-tuning run (decoder fusion on a 2-step pre-training) small enough for a test.
+
+    Returns the fine-tuning checkpoint; its attention maps are real, its Dice is not (2 steps).
+    """
+    from mosmoskit.finetuning.config import FinetuneConfig
+    from mosmoskit.finetuning.run import run_finetuning
+    from mosmoskit.pretraining.config import PretrainConfig
+    from mosmoskit.pretraining.run import run_pretraining
+
+    pre = run_pretraining(PretrainConfig(text_encoder="tiny", phantom_cases=5, phantom_slices_per_case=2,
+                                         image_size=(64, 64), max_steps=2, batch_size=4, val_every=2,
+                                         checkpoint_every=2, warmup_steps=0, device="cpu",
+                                         output_dir=str(root / "pre")), progress=False)
+    fine = run_finetuning(FinetuneConfig(phantom_cases=5, phantom_slices_per_case=2, phantom_shape=(64, 64),
+                                         phantom_spacing=(6.0, 6.0), roi_size=(64, 64), max_steps=2, batch_size=1,
+                                         crops_per_case=1, val_every=2, checkpoint_every=2, warmup_steps=0,
+                                         val_max_cases=1, sw_batch_size=2, device="cpu", fusion="decoder",
+                                         pretrained_checkpoint=str(pre.checkpoint), test_fraction=0.4,
+                                         output_dir=str(root / "fine")), progress=False)
+    return Path(fine.checkpoint)
