@@ -20,7 +20,11 @@ map on the same grid:
    slices (axis 2 in RAS) one batch of slices at a time, each with a sliding window in-plane;
 4. ``accumulate_on_cpu``: windows run on the model's device, but the (C, *shape) output is summed
    in CPU memory (MONAI's ``sw_device``/``device``), for volumes whose class probabilities do not
-   fit on the GPU.
+   fit on the GPU. It is switched on automatically, with one logged line, when the estimated
+   output (:func:`mosmoskit.resources.inference_memory`) would take more than 80 % of the GPU's
+   free memory; when it would not fit the host's available memory either, a
+   :class:`~mosmoskit.resources.ResourceError` is raised before any window runs. (The estimate
+   needs the model's ``out_channels``; a model without it is run as asked.)
 
 :func:`predict_file` does the whole ``python -m mosmoskit predict`` job: read a NIfTI file or a
 DICOM folder, predict, write ``OUT.nii.gz`` with the input's shape and affine, a JSON sidecar
@@ -31,6 +35,7 @@ DICOM folder, predict, write ``OUT.nii.gz`` with the input's shape and affine, a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -52,6 +57,7 @@ __all__ = [
     "attention_maps_volume",
     "check_spacing",
     "output_paths",
+    "plan_accumulation",
     "predict_file",
     "predict_volume",
 ]
@@ -61,6 +67,8 @@ SPACING_POLICIES: tuple[str, ...] = ("warn", "raise", "ignore")
 #: Relative spacing difference (any axis) above which a scan counts as "another spacing".
 DEFAULT_SPACING_TOLERANCE = 0.1
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------- spacing
@@ -221,6 +229,81 @@ def _label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int16)
 
 
+def plan_accumulation(
+    device: torch.device,
+    work_shape: Sequence[int],
+    volume_shape: Sequence[int],
+    channels: int | None,
+    roi_size: Sequence[int],
+    sw_batch_size: int,
+    as_slices: bool,
+    accumulate_on_cpu: bool,
+    keep_scores: bool,
+    source: str = "the scan",
+) -> bool:
+    """Decide where a whole-scan sliding window sums its outputs, before any window runs.
+
+    The summed scores (``channels`` x the work grid, plus MONAI's count map and the input) go on
+    the model's device unless ``accumulate_on_cpu``. When they would take more than
+    :data:`~mosmoskit.resources.DEFAULT_FRACTION` of the device's free memory, they are summed
+    in host memory instead and one line is logged. Host memory must then hold them (and the
+    result) or :class:`~mosmoskit.resources.ResourceError` is raised.
+
+    Args:
+        device: the model's device.
+        work_shape: the grid the network runs on (after any resampling).
+        volume_shape: the scan's own grid (the result's).
+        channels: output channels of the model (classes, or attention maps); None: unknown,
+            nothing is checked.
+        roi_size, sw_batch_size: the sliding window.
+        as_slices: a 2D model over the axial slices of a volume.
+        accumulate_on_cpu: what the caller asked for.
+        keep_scores: the scores themselves are kept (probabilities asked for, resampled back, or
+            attention maps), rather than reduced to labels chunk by chunk.
+        source: the scan's name, for messages.
+
+    Returns:
+        Whether to accumulate on the CPU.
+
+    Raises:
+        ResourceError: the scores would not fit the host's available memory either.
+    """
+    from mosmoskit import resources
+
+    if channels is None:
+        return accumulate_on_cpu
+    need = resources.inference_memory(work_shape, channels, roi_size, sw_batch_size, slices=as_slices)
+    memory = resources.available_memory(device)  # gpu_bytes is None on a CPU device: no device budget
+    if not accumulate_on_cpu and not resources.fits(need.accumulation_bytes + need.window_bytes, memory["gpu_bytes"]):
+        logger.warning(
+            "%s: the summed scores of the whole scan (about %s) would not fit in %s of %s's free memory (%s); "
+            "summing them in host memory instead (accumulate_on_cpu=True), which is slower",
+            source, resources.format_gb(need.accumulation_bytes + need.window_bytes),
+            f"{resources.DEFAULT_FRACTION:.0%}", device, resources.format_gb(memory["gpu_bytes"]),
+        )
+        accumulate_on_cpu = True
+    on_cpu = accumulate_on_cpu or device.type == "cpu"
+    work, full = math.prod(int(s) for s in work_shape), math.prod(int(s) for s in volume_shape)
+    # What else lands in host memory: kept scores (every chunk, unless the one summed output on
+    # the host is all there is), their resampling to the scan's grid and the int64 argmax; or,
+    # reduced chunk by chunk, one int32 label per voxel and the final labels.
+    if keep_scores:
+        kept = 0 if on_cpu and not as_slices else 4 * channels * work
+        kept += (4 * channels * full if tuple(work_shape) != tuple(volume_shape) else 0) + 8 * full
+    else:
+        kept = 4 * work + full
+    host_need = (need.accumulation_bytes if on_cpu else 0) + kept
+    hint = "lower sw_batch_size (slices summed at a time), " if as_slices else ""
+    resources.check_fits(
+        host_need, memory["host_bytes"],
+        what=f"segmenting {source} (grid {tuple(int(s) for s in work_shape)}, {channels} output channels) in "
+             f"host memory",
+        hint=hint + "crop the scan to the region of interest, resample it to a coarser voxel size (the config field "
+                    "spacing), or use a machine with more memory",
+    )
+    return accumulate_on_cpu
+
+
 def predict_volume(
     model: nn.Module,
     volume: Volume,
@@ -258,6 +341,8 @@ def predict_volume(
     Raises:
         ValueError: a 3D model given a 2D image, an overlap outside [0, 1), or a spacing mismatch
             with ``on_spacing_mismatch="raise"``.
+        ResourceError: (a ``MemoryError``) the scan's class scores would fit neither the GPU nor
+            the host memory (see :func:`plan_accumulation`); raised before any window runs.
     """
     overlap = float(config.sw_overlap if overlap is None else overlap)
     if not 0.0 <= overlap < 1.0:
@@ -277,7 +362,10 @@ def predict_volume(
         return torch.softmax(model(window).float(), dim=1)
 
     device = _model_device(model)
-    if return_probabilities or tuple(work_shape) != tuple(volume.shape):
+    keep_scores = return_probabilities or tuple(work_shape) != tuple(volume.shape)
+    accumulate_on_cpu = plan_accumulation(device, work_shape, volume.shape, _num_classes(model), config.roi_size,
+                                          sw_batch_size, as_slices, accumulate_on_cpu, keep_scores, volume.source)
+    if keep_scores:
         # Probabilities are resampled back (linear) before the argmax.
         probs = _sliding(predictor, x, config.roi_size, overlap, sw_batch_size, device, accumulate_on_cpu)
         probs = _back_to_volume(probs, volume, as_slices)
@@ -313,15 +401,21 @@ def attention_maps_volume(
 
     Raises:
         ValueError: the model has no tag head (``fusion="none"``), or dimensions that do not fit.
+        ResourceError: the maps of the whole scan would fit neither the GPU nor the host memory.
     """
     if getattr(model, "fusion", "none") == "none" or getattr(model, "tag_head", None) is None:
         raise ValueError("this model was fine-tuned with fusion='none': it has no tag head, so no attention maps")
     overlap = float(config.sw_overlap if overlap is None else overlap)
     sw_batch_size = int(config.sw_batch_size if sw_batch_size is None else sw_batch_size)
     model.eval()
-    x, _, as_slices = _network_input(volume, config)
+    x, work_shape, as_slices = _network_input(volume, config)
+    device = _model_device(model)
+    classes = _num_classes(model)
+    accumulate_on_cpu = plan_accumulation(device, work_shape, volume.shape, None if classes is None else classes - 1,
+                                          config.roi_size, sw_batch_size, as_slices, accumulate_on_cpu, True,
+                                          volume.source)
     maps = _sliding(lambda w: model.attention_maps(w).maps, x, config.roi_size, overlap, sw_batch_size,
-                    _model_device(model), accumulate_on_cpu)
+                    device, accumulate_on_cpu)
     return _back_to_volume(maps, volume, as_slices).numpy()
 
 

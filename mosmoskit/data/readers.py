@@ -14,7 +14,13 @@ is ordered by slice position, ``ImagePositionPatient`` projected on the slice no
 
 Every failure raises with the path and what is wrong: a missing path, a file that is not an image,
 an empty DICOM folder, NaN values, a 4D file where one volume was expected, a mask whose values are
-not in its label map, a mask that does not line up with its image.
+not in its label map, a mask that does not line up with its image. Damaged files (a ``.nii.gz``
+cut short by an interrupted copy, random bytes under an image name, a folder of junk where a DICOM
+series was expected) raise :class:`ImageReadError` naming the file, with the library's own
+exception (nibabel, pydicom, gzip, zlib, struct ...) chained as its cause, never that exception
+bare. A ``.nii.gz`` whose gzip stream ends early is refused even when the voxels themselves could
+be decoded (only the stream's end, with its checksum, is missing), since nothing then vouches for
+their integrity.
 
 Example:
     >>> from mosmoskit.data.readers import load_image, load_label, save_like  # doctest: +SKIP
@@ -30,7 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import logging
+import zlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,9 +224,22 @@ def image_format(path: str | Path) -> str:
 # DICOM: MONAI's PydicomReader, ordered by position
 # ---------------------------------------------------------------------------------------------
 def _dicom_files(folder: Path) -> list[Path]:
-    """The DICOM files directly inside ``folder`` (by the ``DICM`` preamble), sorted by name."""
+    """The DICOM files directly inside ``folder`` (by the ``DICM`` preamble), sorted by name.
+
+    Other files are ignored (a README, a DICOMDIR-less export's stray notes), except files named
+    like slices (``.dcm``, ``.dicom``) that lack the preamble: an empty or truncated slice would
+    otherwise vanish silently, and a series missing its first or last slice still looks regular.
+    """
     files = sorted(p for p in folder.iterdir() if p.is_file())
     dicoms = [p for p in files if pydicom.misc.is_dicom(str(p))]
+    damaged = [p for p in files if p.name.lower().endswith(_DICOM_SUFFIXES) and p not in dicoms]
+    if damaged:
+        names = ", ".join(f"{p.name} ({p.stat().st_size} bytes)" for p in damaged[:5])
+        raise ImageReadError(
+            f"{folder}: {len(damaged)} file(s) named like DICOM slices do not start with the DICOM preamble "
+            f"(empty, truncated or not DICOM): {names}{' ...' if len(damaged) > 5 else ''}; the series would miss "
+            f"those slices: restore them, or remove them if they are not part of the series"
+        )
     if not dicoms:
         raise ImageReadError(
             f"{folder}: folder holds no DICOM files ({len(files)} file(s), none starting with the DICOM "
@@ -384,6 +405,59 @@ class PositionSortedPydicomReader(PydicomReader):
             affine[:3, 2] = column
         return affine
 
+#: Voxel types an image may hold: numbers (bool, integers, floats). RGB NIfTI (a structured type),
+#: complex values and strings are refused rather than cast (a cast would drop channels or phases).
+_NUMERIC_KINDS = "biuf"
+
+
+def _check_voxel_dtype(array: np.ndarray, path: str) -> None:
+    """Raise :class:`ImageReadError` for voxels that are not plain numbers, or an empty voxel grid."""
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        what = {"V": "structured (e.g. RGB) voxels", "c": "complex voxels"}.get(array.dtype.kind, "non-numeric voxels")
+        raise ImageReadError(
+            f"{path}: holds {what} of type {array.dtype}; the kit reads grey-value images and integer masks only "
+            f"(convert the file to one real-valued channel first)"
+        )
+    if array.size == 0:
+        raise ImageReadError(f"{path}: the image has no voxels (shape {tuple(array.shape)})")
+
+
+def _check_gzip_complete(path: Path, header: Any) -> None:
+    """Raise unless a ``.nii.gz`` file holds a complete gzip stream.
+
+    nibabel decompresses only the bytes the voxels need, so a file cut inside the last few bytes
+    of its stream (the deflate end marker and the gzip trailer with its CRC and size) still reads
+    without error. The trailer's size field is compared with the size the header implies (one
+    4-byte read); only when they differ (a truncated file, or a multi-member or padded gzip file)
+    is the whole stream decompressed, which verifies it.
+
+    Raises:
+        ImageReadError: the gzip stream is truncated or corrupt (the message names the file).
+    """
+    if not path.name.lower().endswith(".gz"):
+        return
+    try:
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(
+            header.get_data_dtype().itemsize)
+    except Exception:  # a header nibabel accepted but cannot size: let the full check decide
+        expected = -1
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() >= 18 and expected >= 0:  # 10-byte gzip header + 8-byte trailer at least
+            fh.seek(-4, 2)
+            if int.from_bytes(fh.read(4), "little") == expected % (1 << 32):
+                return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        raise ImageReadError(
+            f"{path}: the gzip stream is truncated or corrupt ({type(err).__name__}: {err}); the file was not "
+            f"completely written or copied"
+        ) from err
+
+
 class KitImageReader(ImageReader):
     """The MONAI ``ImageReader`` the kit reads every image with (build it with :func:`image_reader`).
 
@@ -424,7 +498,12 @@ class KitImageReader(ImageReader):
     def get_data(self, img):
         if self._active is None:
             raise RuntimeError("get_data called before read")
-        return self._wrap(self._active.get_data, img)
+        if self._active is self._nifti:
+            for one in img if isinstance(img, (list, tuple)) else [img]:
+                self._wrap(_check_gzip_complete, Path(self._path), one.header)
+        array, meta = self._wrap(self._active.get_data, img)
+        _check_voxel_dtype(np.asarray(array), self._path)
+        return array, meta
 
     def _wrap(self, fn, *args, **kwargs):
         try:
@@ -483,7 +562,12 @@ def _read_raw(path: Path, channel: int | None):
     Extra non-spatial axes (4D NIfTI, RGB DICOM) must be selected with ``channel``; trailing
     singleton axes are dropped.
     """
-    img = _loader()(str(path), reader=image_reader())
+    try:
+        img = _loader()(str(path), reader=image_reader())
+    except (ImageReadError, FileNotFoundError):
+        raise
+    except Exception as err:  # MONAI turning the voxels into a tensor: name the file, keep the cause
+        raise ImageReadError(f"{path}: cannot read as an image: {type(err).__name__}: {err}") from err
     spatial = tuple(int(s) for s in np.asarray(img.meta["spatial_shape"]).ravel())
     extra = tuple(img.shape[len(spatial):])
     if tuple(img.shape[: len(spatial)]) != spatial:
@@ -519,7 +603,12 @@ def _to_canonical(img, spatial: tuple[int, ...], path: Path) -> tuple[np.ndarray
     if not np.all(np.isfinite(original_affine)) or abs(np.linalg.det(affine_nd(original_affine, len(spatial))[:-1, :-1])) < _SINGULAR_DET:
         raise ImageReadError(f"{path}: affine is singular or not finite, cannot orient the image:\n{original_affine}")
     orient = Orientation(axcodes="".join(CANONICAL_AXCODES[: len(spatial)]), labels=_AXIS_LABELS)
-    out = orient(img[None])
+    try:
+        out = orient(img[None])
+    except Exception as err:  # an affine MONAI cannot turn into axis codes
+        raise ImageReadError(
+            f"{path}: cannot reorient the image to RAS from its affine ({type(err).__name__}: {err}):\n{original_affine}"
+        ) from err
     array = out[0].detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out[0])
     return array, np.asarray(out.affine, dtype=np.float64), original_affine
 

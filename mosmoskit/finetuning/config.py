@@ -53,6 +53,14 @@ class FinetuneConfig:
             training and inference (empty: keep each file's own spacing; ``predict`` then warns
             about scans whose spacing differs from the training scans').
         window: HU window mapped to [0, 1], as in pre-training.
+        skip_bad_cases: open every labelled case once before the split (image, label values,
+            label grid against the image) and leave out the broken ones (truncated or unreadable
+            files, label values not in the map, masks on another grid) instead of stopping at
+            the first one; each skipped case and the reason are written to
+            ``output_dir/skipped_cases.json`` and counted in ``metrics.json`` (``data``). Costs
+            one read of every case. The split is made from the cases kept, so fix the files
+            rather than skip them for a study's final runs. False (default): no screening; a
+            broken case stops the run when it is first read, naming the file.
 
     Label-scarce protocol:
         label_fraction: share of the training patients whose labels are used, in (0, 1]; the
@@ -94,7 +102,9 @@ class FinetuneConfig:
             random organ voxel (which mostly lands in the liver); helps small organs.
         allow_lr_flip: mirror left-right with left/right organ ids swapped (never plain flips of
             the left-right axis; keep off for hearts).
-        cache_rate: share of the training cases whose loaded, windowed volumes are kept in memory.
+        cache_rate: share of the training cases whose loaded, windowed volumes are kept in memory;
+            a cache estimated (from the file headers) to need more than 80 % of the available
+            host memory is refused before loading starts, with the numbers and what to lower.
 
     Loss:
         batch_dice: Dice per organ over all crops of a batch rather than per crop, then averaged
@@ -129,6 +139,7 @@ class FinetuneConfig:
     phantom_seed: int = 1
     spacing: tuple[float, ...] = ()
     window: tuple[float, float] = (-175.0, 250.0)
+    skip_bad_cases: bool = False
 
     label_fraction: float = 1.0
     n_labelled: int = 0

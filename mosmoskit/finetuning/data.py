@@ -1,5 +1,11 @@
 """Labelled scans for fine-tuning: the cohort, the label-scarce split, and the MONAI pipelines.
 
+With ``skip_bad_cases`` every labelled case is opened once before the split
+(:func:`~mosmoskit.data.screening.screen_cases`) and the broken ones are left out and listed
+(:attr:`FinetuneData.screening`); otherwise a broken case stops the run where it is first read.
+The training cache is sized from the file headers before anything is loaded, and refused with a
+:class:`~mosmoskit.resources.ResourceError` when it would not fit the host memory.
+
 The split follows the protocol of DESIGN.md section 2 (see :mod:`mosmoskit.data.protocol`):
 
 1. the cohort is cut once, by patient, into test / validation / training with
@@ -31,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mosmoskit.data.protocol import patient_split, select_labelled_subset
+from mosmoskit.data.screening import ScreenResult
 from mosmoskit.finetuning.config import FinetuneConfig
 from mosmoskit.labels import LabelMap, load_label_map
 from mosmoskit.pretraining.data import patient_of
@@ -38,6 +45,7 @@ from mosmoskit.pretraining.data import patient_of
 __all__ = [
     "FinetuneData",
     "FinetuneSplit",
+    "cache_memory_bytes",
     "canonical_spacing",
     "ensure_phantom_cohort",
     "eval_transforms",
@@ -101,12 +109,15 @@ class FinetuneData:
         split: the :class:`FinetuneSplit`.
         label_map: the masks' label map.
         source: the ``dataset.json`` the cases came from.
+        screening: with ``skip_bad_cases``, what the screening kept and skipped (every skipped
+            case with its file and reason); None when the cases were not screened.
     """
 
     cases: dict[str, dict[str, Any]]
     split: FinetuneSplit
     label_map: LabelMap
     source: Path
+    screening: ScreenResult | None = None
 
     def items(self, case_ids: Sequence[str]) -> list[dict[str, Any]]:
         """MONAI data dicts ``{"image", "label", "case_id"}`` of ``case_ids``."""
@@ -163,9 +174,13 @@ def ensure_phantom_cohort(root: str | Path, config: FinetuneConfig, progress: bo
 def prepare_finetuning_data(config: FinetuneConfig, progress: bool = True) -> FinetuneData:
     """Find (or generate) the labelled cohort and split it by the label-scarce protocol.
 
+    With ``config.skip_bad_cases`` every labelled case is read once first and the broken ones
+    are left out of the cohort before it is split (:attr:`FinetuneData.screening` lists them).
+
     Args:
-        config: ``dataset``, ``label_map``, the phantom settings and the protocol fields.
-        progress: show a progress bar while generating phantoms.
+        config: ``dataset``, ``label_map``, the phantom settings, ``skip_bad_cases`` and the
+            protocol fields.
+        progress: show a progress bar while generating phantoms or screening cases.
 
     Returns:
         :class:`FinetuneData`.
@@ -174,10 +189,12 @@ def prepare_finetuning_data(config: FinetuneConfig, progress: bool = True) -> Fi
         FileNotFoundError: a dataset folder without ``dataset.json``, or missing files.
         ValueError: no labelled case, images of another dimension than ``spatial_dims``, a
             label map that disagrees with the data set's, or a split that leaves no training or
-            test patient (the messages name the file or the fraction).
+            test patient (the messages name the file or the fraction); with
+            ``skip_bad_cases``, every labelled case broken (the message lists them).
     """
     from mosmoskit.data.datalists import load_dataset
     from mosmoskit.data.readers import load_image
+    from mosmoskit.data.screening import screen_cases
 
     label_map = load_label_map(config.label_map)
     if config.dataset == "phantom":
@@ -195,6 +212,15 @@ def prepare_finetuning_data(config: FinetuneConfig, progress: bool = True) -> Fi
         raise ValueError(f"{cases.source}: no training entry has a 'label'; fine-tuning needs labelled scans")
     if any(isinstance(c["image"], list) for c in labelled_cases):
         raise ValueError(f"{cases.source}: multi-channel images (a list of files per case) are not supported yet")
+    screening = None
+    if config.skip_bad_cases:
+        screening = screen_cases(labelled_cases, label_map, skip_bad=True, progress=progress)
+        if not screening.good:
+            raise ValueError(
+                f"{cases.source}: every one of the {screening.n_cases} labelled cases is broken, nothing is left to "
+                f"train on:\n{screening.report(root)}"
+            )
+        labelled_cases = screening.good
     first = load_image(labelled_cases[0]["image"])
     if first.ndim != config.spatial_dims:
         raise ValueError(
@@ -220,7 +246,8 @@ def prepare_finetuning_data(config: FinetuneConfig, progress: bool = True) -> Fi
         train_pool=tuple(pool), labelled=tuple(labelled), val=tuple(sorted(val)), test=tuple(parts["test"]),
         groups=groups,
     )
-    return FinetuneData(cases=by_id, split=split, label_map=label_map, source=Path(cases.source))
+    return FinetuneData(cases=by_id, split=split, label_map=label_map, source=Path(cases.source),
+                        screening=screening)
 
 
 def canonical_spacing(path: str | Path, ndim: int) -> tuple[float, ...]:
@@ -307,15 +334,63 @@ def eval_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
     return Compose([*_base(config, label_map), EnsureTyped(KEYS, track_meta=False)])
 
 
+#: Class indices kept per class by the class-balanced crops (``ClassIndicesd``'s default).
+_INDICES_PER_CLASS = 200_000
+
+
+def cache_memory_bytes(items: Sequence[dict[str, Any]], config: FinetuneConfig, num_classes: int) -> int:
+    """Host memory the training cache of ``items`` takes, from the file headers alone (bytes).
+
+    Per case: the image and the label as float32 on the training grid (resampled to
+    ``config.spacing`` if set), plus, with ``class_balanced_crops``, the int64 voxel indices
+    kept per class (at most one per voxel, at most 200 000 per class). The padding to
+    ``roi_size`` and MONAI's metadata are left out (small next to the volumes).
+
+    Args:
+        items: the case dicts that will be cached (``image``, ``label`` paths).
+        config: ``spatial_dims``, ``spacing``, ``class_balanced_crops``.
+        num_classes: classes of the label map, background included.
+    """
+    from mosmoskit.resources import case_voxels
+
+    spacing = tuple(config.spacing) or None
+    total = 0
+    for item in items:
+        voxels = case_voxels(item["image"], config.spatial_dims, spacing)
+        total += 4 * voxels + 4 * case_voxels(item["label"], config.spatial_dims, spacing)
+        if config.class_balanced_crops:
+            total += 8 * min(voxels, num_classes * _INDICES_PER_CLASS)
+    return total
+
+
 def make_train_dataset(data: FinetuneData, config: FinetuneConfig, progress: bool = False) -> Any:
-    """A MONAI ``CacheDataset`` of the labelled cases (each item: a list of ``crops_per_case`` crops)."""
+    """A MONAI ``CacheDataset`` of the labelled cases (each item: a list of ``crops_per_case`` crops).
+
+    Before anything is loaded, the cache's size is estimated from the file headers
+    (:func:`cache_memory_bytes`) and compared with the available host memory.
+
+    Raises:
+        ResourceError: (a ``MemoryError``) the cache would take more than 80 % of the available
+            host memory; the message gives both sizes and what to lower.
+    """
     from monai.data import CacheDataset
 
+    from mosmoskit import resources
     from mosmoskit.data.readers import quiet_monai_readers
 
+    items = data.items(data.split.labelled)
+    # CacheDataset caches the first int(n * cache_rate) items, so the estimate sums exactly those.
+    n_cached = min(len(items), int(len(items) * config.cache_rate))
+    needed = cache_memory_bytes(items[:n_cached], config, data.label_map.num_classes)
+    resources.check_fits(
+        needed, resources.available_memory()["host_bytes"],
+        what=f"caching {n_cached} of {len(items)} training cases in memory (cache_rate={config.cache_rate})",
+        hint="lower cache_rate (uncached cases are read from disk at every use), set spacing to a coarser voxel "
+             "size, or free host memory",
+    )
     with quiet_monai_readers():
         return CacheDataset(
-            data.items(data.split.labelled), transform=train_transforms(config, data.label_map),
+            items, transform=train_transforms(config, data.label_map),
             cache_rate=config.cache_rate, num_workers=max(1, config.num_workers), progress=progress,
         )
 

@@ -16,8 +16,11 @@ The run folder holds the checkpoints (``last.pt`` is the newest), ``history.json
 what was loaded), ``metrics.csv`` (one row per test case and organ; in 2D per test *patient*, its
 slices pooled, with ``metrics_slices.csv`` holding the per-slice rows) and, with
 ``save_predictions``, ``predictions/<case>.nii.gz`` in each input file's own orientation and
-affine. A folder with ``metrics.json`` is never reused silently (``overwrite=True`` starts over); a
-folder with checkpoints but no metrics (an interrupted run) is resumed.
+affine. With ``skip_bad_cases`` it also holds ``skipped_cases.json``: every labelled case the
+screening left out, with the file and the reason (written before training starts), and
+``metrics.json``'s ``data`` entry counts them. A folder with ``metrics.json`` is never reused
+silently (``overwrite=True`` starts over); a folder with checkpoints but no metrics (an
+interrupted run) is resumed.
 
 Metrics are computed "in the original image space": the prediction is on the scan's full-resolution
 grid (resampled back when ``spacing`` resamples), compared with the label file as stored. The
@@ -37,6 +40,7 @@ and its ``label_map`` entry is the fine-tuning label map. :func:`load_finetuned`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -67,6 +71,10 @@ CHECKPOINT_KIND = "finetune"
 PRETRAIN_KIND = "pretrain"
 METRICS_NAME = "metrics.json"
 PREDICTIONS_DIR = "predictions"
+#: Written with ``skip_bad_cases``: the screening's report (every skipped case, file and reason).
+SKIPPED_NAME = "skipped_cases.json"
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------- results
@@ -90,6 +98,8 @@ class FinetuneResult:
         protocol: the label-scarce protocol and variant of this run, as written next to its numbers.
         load_report: what was loaded from the pre-training checkpoint (a ``LoadReport`` dict).
         seconds: wall time of the training part.
+        data: the data screening: ``{"screened": False}``, or with ``skip_bad_cases`` the counts
+            of cases screened, kept and skipped, the skipped ids and the report's file name.
     """
 
     output_dir: Path
@@ -102,6 +112,7 @@ class FinetuneResult:
     load_report: dict[str, Any]
     seconds: float
     per_slice: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -256,7 +267,7 @@ def _prepare_folder(config: FinetuneConfig) -> Path:
     if config.overwrite and out.is_dir():
         for _, path in list_checkpoints(out):
             path.unlink()
-        for name in (LAST_NAME, HISTORY_NAME, METRICS_NAME, "metrics.csv"):
+        for name in (LAST_NAME, HISTORY_NAME, METRICS_NAME, "metrics.csv", SKIPPED_NAME):
             (out / name).unlink(missing_ok=True)
         for path in sorted((out / PREDICTIONS_DIR).glob("*.nii.gz")) if (out / PREDICTIONS_DIR).is_dir() else []:
             path.unlink()
@@ -356,11 +367,13 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         FileExistsError: the folder holds a finished run and ``config.overwrite`` is false.
         FileNotFoundError: the data set or the pre-training checkpoint does not exist.
         ValueError: a pre-training checkpoint of another kind, dimension or label map (both
-            named); bad data (the message names the file); a non-finite loss (the last good
-            checkpoint is kept).
+            named); bad data (the message names the file; with ``skip_bad_cases`` only when no
+            labelled case is left); a non-finite loss (the last good checkpoint is kept).
+        ResourceError: (a ``MemoryError``) the training cache would not fit the host memory.
     """
     from monai.data import list_data_collate
 
+    from mosmoskit.data.screening import screen_summary
     from mosmoskit.device import seed_everything
     from mosmoskit.evaluation.segmentation import pool_by_group, summarize_metrics, write_metrics_csv
     from mosmoskit.finetuning.data import make_train_dataset, make_val_loader, median_spacing, prepare_finetuning_data
@@ -375,6 +388,15 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     seed_everything(config.seed)
     data = prepare_finetuning_data(config, progress=progress)
     label_map = data.label_map
+    data_record = screen_summary(data.screening)
+    if data.screening is not None:
+        # Written before training, so that the list is there to read while the run goes on.
+        data.screening.write_report(out / SKIPPED_NAME)
+        data_record["report"] = SKIPPED_NAME
+        if data.screening.skipped:
+            logger.warning("skipped %d of %d labelled cases that could not be used (listed with the reasons in "
+                           "%s):\n%s", len(data.screening.skipped), data.screening.n_cases, out / SKIPPED_NAME,
+                           data.screening.report(data.source.parent))
     training_spacing = tuple(config.spacing) or median_spacing(
         [data.cases[c]["image"] for c in data.split.labelled], config.spatial_dims)
     atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
@@ -430,6 +452,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         "test": summary,
         **({"test_per_slice": summarize_metrics(per_slice)} if per_slice else {}),
         "split": split,
+        "data": data_record,
         "load_report": report.to_dict(),
         "train": {"steps": int(fit.step), "seconds": round(seconds, 1), "last_validation": dict(fit.metrics),
                   "training_spacing_mm": list(training_spacing)},
@@ -438,6 +461,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     return FinetuneResult(
         output_dir=out, checkpoint=Path(fit.last_checkpoint), metrics=summary, per_case=per_case, per_slice=per_slice,
         history=list(fit.history), split=split, protocol=protocol, load_report=report.to_dict(), seconds=seconds,
+        data=data_record,
     )
 
 

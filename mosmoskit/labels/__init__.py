@@ -351,19 +351,45 @@ class LabelMap:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
 
+#: Floats at or beyond this magnitude do not fit int64; their values are listed exactly instead.
+_INT64_LIMIT = float(2**63)
+
+
 def _unique_values(array: Any, source: str) -> list[int]:
-    """Sorted distinct integer values; raises on NaN/inf or fractional values."""
+    """Sorted distinct integer values (Python ints; floats at or beyond 2**63 stay floats).
+
+    Raises:
+        ValueError: an input that is not a regular numeric array, NaN/inf or fractional values;
+            the message starts with ``source`` and shows the offending values.
+    """
     if hasattr(array, "detach"):  # torch tensor (MONAI MetaTensor included)
-        array = array.detach().cpu().numpy()
-    arr = np.asarray(array)
+        tensor = array.detach().cpu()
+        try:
+            array = tensor.numpy()
+        except TypeError:  # bfloat16 has no numpy type; float32 holds its values exactly
+            array = tensor.float().numpy()
+    try:
+        arr = np.asarray(array)
+    except (ValueError, TypeError) as err:  # ragged nested lists and the like
+        raise ValueError(f"{source}: label mask is not a regular array ({err})") from err
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{source}: label mask contains NaN or infinite values")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.count_nonzero(np.isnan(arr)))
+            shown = sorted({str(float(v)) for v in np.unique(arr[~finite])})
+            raise ValueError(
+                f"{source}: label mask contains non-finite values {shown} ({n_nan} NaN and "
+                f"{arr.size - int(finite.sum()) - n_nan} infinite voxels)"
+            )
         if not np.all(arr == np.round(arr)):
             bad = np.unique(arr[arr != np.round(arr)])[:5]
             raise ValueError(f"{source}: label mask has non-integer values such as {bad.tolist()} (was it interpolated linearly?)")
+        if arr.size and (float(arr.min()) < -_INT64_LIMIT or float(arr.max()) >= _INT64_LIMIT):
+            # A cast would wrap around and report other values than the mask holds; no map has such
+            # ids, so those values stay floats (shown as 1e+20, not as 21 digits).
+            return sorted(float(v) if abs(float(v)) >= _INT64_LIMIT else int(v) for v in np.unique(arr))
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iu":
         raise ValueError(f"{source}: label mask must hold integers, got dtype {arr.dtype}")
@@ -373,7 +399,7 @@ def _unique_values(array: Any, source: str) -> list[int]:
     if lo >= 0 and hi < 1 << 16:
         counts = np.bincount(arr.ravel().astype(np.int64, copy=False), minlength=hi + 1)
         return np.flatnonzero(counts).tolist()
-    return np.unique(arr).astype(np.int64).tolist()
+    return [int(v) for v in np.unique(arr)]  # int(), not astype(int64): uint64 values above 2**63 stay exact
 
 
 def load_label_map(name_or_path: str | Path | LabelMap) -> LabelMap:
