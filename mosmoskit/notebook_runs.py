@@ -222,7 +222,7 @@ def _results_markdown(state: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"| {key} | {entry['status']} | {_fmt(entry.get('seconds'))} | {entry.get('executed', '-')} |")
     ft = state.get("finetune_results")
     if ft:
-        lines += ["", f"## Fine-tuning test set ({ft['n_cases']} test {ft['unit']}s, variant {ft['variant']})", "",
+        lines += ["", f"## Fine-tuning test set ({ft['n_cases']} test cases, unit: {ft['unit']}; variant {ft['variant']})", "",
                   "| organ | Dice |", "|---|---|"]
         lines += [f"| {o} | {_fmt(d)} |" for o, d in ft["organs"].items()]
         lines += [f"| **mean** | **{_fmt(ft['mean_dice'])}** |"]

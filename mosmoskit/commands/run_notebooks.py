@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {key}  {entry['status']:<6} {entry.get('seconds', 0):>7.1f} s  {entry.get('executed')}")
     ft = state.get("finetune_results")
     if ft and ft.get("mean_dice") is not None:
-        print(f"\nfine-tuning test mean Dice {ft['mean_dice']:.3f} over {ft['n_cases']} test {ft['unit']}s "
+        print(f"\nfine-tuning test mean Dice {ft['mean_dice']:.3f} over {ft['n_cases']} test cases (unit: {ft['unit']}) "
               f"(variant {ft['variant']})")
     print(f"results: {args.out}/results.md; executed notebooks and HTML: {args.out}/notebooks/")
     return 0
