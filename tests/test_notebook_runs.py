@@ -116,3 +116,26 @@ def test_shipped_sweep_files_name_only_declared_parameters(sweep, tmp_path):
     # runs that differ only downstream share the upstream notebook's folder
     first = [dirs[selected[0].key] for _, _, dirs in plans]
     assert len(set(first)) <= len(plans)
+
+
+@pytest.mark.slow
+def test_main_job_runs_the_four_notebooks_and_resumes(tmp_path, capsys):
+    """``python -m mosmoskit demo`` (the README's main command) with tiny sizes: 01 -> 02 -> 03 -> 04."""
+    tiny = {"01.phantom_cases": 3, "01.phantom_shape": [40, 40, 24], "01.phantom_spacing": [9.0, 9.0, 12.0],
+            **TINY_02, **TINY_03, "04.max_cases": 2}
+    sets = [arg for name, value in tiny.items() for arg in ("--set", f"{name}={json.dumps(value)}")]
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), *sets]) == 0
+    printed = capsys.readouterr().out
+    state = json.loads((out / "pipeline.json").read_text())
+    assert [k for k, v in state["notebooks"].items() if v["status"] == "ok"] == ["01", "02", "03", "04"]
+    assert state["settings"]["parameters"]["03"]["fusion"] == "decoder"  # the main job is MOSMOS
+    assert state["settings"]["parameters"]["04"]["checkpoint"] == str(out / "03_finetune" / "last.pt")
+    for name in ("01_data_exploration", "02_report_pretraining", "03_finetuning", "04_mask_inspection"):
+        assert (out / "notebooks" / f"{name}.ipynb").is_file() and (out / "notebooks" / f"{name}.html").is_file()
+    assert (out / "01_explore" / "exploration.json").is_file() and (out / "03_finetune" / "metrics.json").is_file()
+    assert "results table" in printed and "fine-tuning (mosmos): test mean Dice" in printed
+    # a second call reuses everything
+    assert cli.main(["demo", "--out", str(out), *sets]) == 0
+    again = capsys.readouterr().out
+    assert "running" not in again and again.count("done before") == 4

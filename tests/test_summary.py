@@ -1,4 +1,4 @@
-"""Tests of the cohort summary (mosmoskit.data.summary) and the summarize / demo commands."""
+"""Tests of the cohort summary (mosmoskit.data.summary) and the summarize command."""
 
 from __future__ import annotations
 
@@ -32,9 +32,6 @@ ORGANS = BTCV.foreground_names
 TINY_3D = dict(shape=(48, 48, 32), spacing=(8.0, 8.0, 10.0))
 VOXEL_ML = 8.0 * 8.0 * 10.0 / 1000.0
 N_CASES = 3
-TINY_DEMO = ["--n", "2", "--slices-per-case", "2", "--shape3d", "48", "48", "32", "--spacing3d", "8", "8", "10",
-             "--shape2d", "64", "64", "--spacing2d", "6", "6", "--no-progress", "--pretrain-steps", "2",
-             "--text-encoder", "tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +57,6 @@ def commands():
 
 def _copy(cohort: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(cohort, tmp_path / "copy"))
-
-
-def _statuses(out: str) -> dict[str, str]:
-    """Stage name -> "ran"/"reused" from the demo's printed table."""
-    rows = [line.split() for line in out.splitlines()]
-    return {r[0]: r[1] for r in rows if len(r) > 1 and r[0] in ("data3d", "data2d", "summary3d", "summary2d", "pretrain2d")}
 
 
 def _write_value(path: Path, value: int) -> None:
@@ -264,58 +255,6 @@ def test_summarize_command_lenient_exit_code(cohort, tmp_path, capsys, commands)
     assert "FAILED" in capsys.readouterr().out
 
 
-def test_demo_end_to_end_and_resume(tmp_path, capsys, commands):
-    run_dir = tmp_path / "run"
-    assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO]) == 0
-    out = capsys.readouterr().out
-    assert _statuses(out) == {"data3d": "ran", "data2d": "ran", "summary3d": "ran", "summary2d": "ran",
-                              "pretrain2d": "ran"}
-    assert "parser vs generator tags" in out
-    for data in ("data3d", "data2d"):
-        for f in ("dataset.json", "label_map.json", "reports.jsonl"):
-            assert (run_dir / data / f).is_file()
-    assert len(list((run_dir / "data3d" / "imagesTr").glob("*.nii.gz"))) == 2
-    assert len(list((run_dir / "data2d" / "imagesTr").glob("*.nii.gz"))) == 4
-    for s in ("summary3d", "summary2d"):
-        for f in ("summary.json", "summary.md", "cohort_overview.png"):
-            assert (run_dir / s / f).is_file()
-    s2d = json.loads((run_dir / "summary2d" / "summary.json").read_text())
-    assert (s2d["spatial_dims"], s2d["size_unit"], s2d["n_cases"]) == (2, "cm2", 4)
-    state = json.loads((run_dir / "demo.json").read_text())
-    assert list(state["stages"]) == ["data3d", "data2d", "summary3d", "summary2d", "pretrain2d"]
-    assert (run_dir / "pretrain2d" / "metrics.json").is_file() and (run_dir / "pretrain2d" / "last.pt").is_file()
-    assert state["settings"]["n"] == 2 and state["settings"]["shape2d"] == [64, 64]
-
-    # same settings: everything is reused
-    stamp = (run_dir / "data3d" / "dataset.json").stat().st_mtime_ns
-    assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO]) == 0
-    assert set(_statuses(capsys.readouterr().out).values()) == {"reused"}
-    assert (run_dir / "data3d" / "dataset.json").stat().st_mtime_ns == stamp
-
-    # an incomplete 2D cohort is made again, and the stages after it run again
-    (run_dir / "data2d" / "labelsTr" / "phantom_0001_s01.nii.gz").unlink()
-    assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO]) == 0
-    assert _statuses(capsys.readouterr().out) == {"data3d": "reused", "data2d": "ran", "summary3d": "ran",
-                                                  "summary2d": "ran", "pretrain2d": "ran"}
-    assert (run_dir / "data2d" / "labelsTr" / "phantom_0001_s01.nii.gz").is_file()
-
-    # other settings: refused without --overwrite, accepted with it
-    assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO, "--seed", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "other settings" in err and "seed: 0 recorded, 1 now" in err
-    assert cli.main(["demo", "--out", str(run_dir), *TINY_DEMO, "--seed", "1", "--overwrite"]) == 0
-    assert json.loads((run_dir / "demo.json").read_text())["settings"]["seed"] == 1
-
-
-def test_demo_refuses_a_foreign_folder(tmp_path, capsys, commands):
-    (tmp_path / "notes.txt").write_text("mine")
-    assert cli.main(["demo", "--out", str(tmp_path), *TINY_DEMO]) == 2
-    assert "no demo.json" in capsys.readouterr().err
-    assert cli.main(["demo", "--out", str(tmp_path / "x"), *TINY_DEMO[2:], "--n", "0"]) == 2
-    assert "n must be an integer >= 1" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------ real scans
 def _real_folder(tmp_path: Path, totalseg: Path, stem: str, map_name: str, modality: str) -> Path:
     """An MSD folder around one real scan (files copied: paths must stay inside the data root)."""
     folder = tmp_path / stem

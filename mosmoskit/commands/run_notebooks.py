@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print()
     for key, entry in state["notebooks"].items():
-        print(f"  {key}  {entry['status']:<6} {entry.get('seconds', 0):>7.1f} s  {entry.get('executed')}")
+        print(f"  {key}  {entry['status']:<6} {entry.get('seconds') or 0.0:>7.1f} s  {entry.get('executed')}")
     ft = state.get("finetune_results")
     if ft and ft.get("mean_dice") is not None:
         print(f"\nfine-tuning test mean Dice {ft['mean_dice']:.3f} over {ft['n_cases']} test cases (unit: {ft['unit']}) "
