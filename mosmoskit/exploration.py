@@ -53,6 +53,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mosmoskit.config import check_choice, config_to_dict
+from mosmoskit.data.summary import _first as _summary_first
+from mosmoskit.data.summary import _stored_values as _summary_stored_values
 from mosmoskit.labels import LabelMap, load_label_map
 
 __all__ = [
@@ -475,20 +477,9 @@ class CohortScan:
         return _SIZE_UNITS[self.spatial_dims or 3][0]
 
 
-def _first(path: Any) -> str:
-    """A case's image may be several files (multi-file images): the first one stands for it."""
-    return str(path[0]) if isinstance(path, (list, tuple)) else str(path)
-
-
-def _stored_values(path: str) -> tuple[int, ...]:
-    """Distinct finite values of a mask file as stored (for a mask that failed to load)."""
-    import nibabel as nib
-
-    try:
-        data = np.asanyarray(nib.load(path).dataobj)
-        return tuple(int(v) for v in np.unique(data[np.isfinite(data)]))
-    except Exception:  # noqa: BLE001 - the problem text already says why the file is bad
-        return ()
+# Reading helpers shared with the cohort summary (one home: mosmoskit.data.summary).
+_first = _summary_first
+_stored_values = _summary_stored_values
 
 
 def _expected_values(label_map: LabelMap) -> tuple[int, ...]:
