@@ -58,7 +58,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
     ``"auto"`` picks CUDA when available and the CPU otherwise. Apple's ``"mps"`` is used only when
     asked for by name: several 3D operations the segmenters need are missing or slow there.
-    Under ``torch.distributed`` (a process started by ``torchrun``), ``"auto"`` and ``"cuda"`` pick the
+    Under ``torch.distributed`` (a process started by ``torchrun``, after
+    :func:`mosmoskit.distributed.init_from_env` pinned it to its GPU), ``"auto"`` and ``"cuda"`` pick the
     GPU named by the ``LOCAL_RANK`` environment variable, so each process gets its own GPU.
 
     Args:

@@ -21,6 +21,7 @@ Examples:
       --label-fraction 0.1 --seed 1 --output-dir runs/ft_mosmos_10pct_s1
   python -m mosmoskit finetune --dataset path/to/msd_folder --spatial-dims 3 --roi-size 96 96 96 \\
       --spacing 1.5 1.5 2.0 --lr 1e-4 --overwrite
+  torchrun --nproc_per_node=4 -m mosmoskit finetune --output-dir runs/ft_4gpu   (see docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -60,14 +61,42 @@ def format_summary(metrics: dict, top: int | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mosmoskit.config import config_to_dict
-    from mosmoskit.finetuning.run import run_finetuning
+    """Fine-tune and evaluate as the options say; under ``torchrun`` every process runs this, rank 0 reports.
+
+    Args:
+        args: the parsed command line (FinetuneConfig fields).
+
+    Returns:
+        The exit status (0).
+    """
+    from mosmoskit.distributed import cleanup, init_from_env
 
     config = config_from_args(FinetuneConfig, args)
+    # Under torchrun: join the process group and take this process's GPU before anything touches CUDA.
+    started = init_from_env(config.device)
+    try:
+        return _run(config)
+    finally:
+        if started:
+            cleanup()
+
+
+def _run(config: FinetuneConfig) -> int:
+    """The run itself; every process takes part, only rank 0 prints (the others return 0 silently)."""
+    from mosmoskit.config import config_to_dict
+    from mosmoskit.distributed import is_main_process, world_size
+    from mosmoskit.finetuning.run import run_finetuning
+
+    main = is_main_process()
     defaults = config_to_dict(FinetuneConfig())
     changed = {k: v for k, v in config_to_dict(config).items() if v != defaults[k]}
-    print("fine-tuning with " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "the default config"))
-    result = run_finetuning(config, progress=True)
+    if main:
+        processes = f" on {world_size()} processes (batch_size per process)" if world_size() > 1 else ""
+        print("fine-tuning with " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "the default config")
+              + processes)
+    result = run_finetuning(config, progress=main)
+    if not main:
+        return 0
     p = result.protocol
     amount = f"{p['label_fraction']:.0%} of" if p["label_fraction"] is not None else f"{p['n_labelled']} of"
     print()

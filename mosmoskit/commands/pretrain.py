@@ -11,6 +11,7 @@ Examples:
   python -m mosmoskit pretrain --output-dir runs/pretrain --max-steps 400
   python -m mosmoskit pretrain --text-encoder tiny --image-size 64 64 --max-steps 20 --output-dir runs/smoke
   python -m mosmoskit pretrain --dataset path/to/msd_folder --label-map btcv --overwrite
+  torchrun --nproc_per_node=4 -m mosmoskit pretrain --output-dir runs/pretrain_4gpu   (see docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -30,15 +31,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Pre-train as the options say; under ``torchrun`` every process runs this, rank 0 reports.
+
+    Args:
+        args: the parsed command line (PretrainConfig fields).
+
+    Returns:
+        The exit status (0).
+    """
+    from mosmoskit.distributed import cleanup, init_from_env
+
+    config = config_from_args(PretrainConfig, args)
+    # Under torchrun: join the process group and take this process's GPU before anything touches CUDA.
+    started = init_from_env(config.device)
+    try:
+        return _run(config)
+    finally:
+        if started:
+            cleanup()
+
+
+def _run(config: PretrainConfig) -> int:
+    """The run itself; every process takes part, only rank 0 prints (the others return 0 silently)."""
     from mosmoskit.config import config_to_dict
+    from mosmoskit.distributed import is_main_process, world_size
     from mosmoskit.pretraining.report import format_metrics, format_pointing
     from mosmoskit.pretraining.run import run_pretraining
 
-    config = config_from_args(PretrainConfig, args)
+    main = is_main_process()
     defaults = config_to_dict(PretrainConfig())
     changed = {k: v for k, v in config_to_dict(config).items() if v != defaults[k]}
-    print("pre-training with " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "the default config"))
-    result = run_pretraining(config, progress=True)
+    if main:
+        processes = f" on {world_size()} processes (batch_size per process)" if world_size() > 1 else ""
+        print("pre-training with " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "the default config")
+              + processes)
+    result = run_pretraining(config, progress=main)
+    if not main:
+        return 0
     print()
     print(format_metrics(result.metrics))
     if any(k.startswith("pointing/") for k in result.metrics):

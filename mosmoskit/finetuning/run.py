@@ -49,6 +49,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from mosmoskit import distributed
 from mosmoskit.config import config_from_dict, config_to_dict
 from mosmoskit.finetuning.config import FinetuneConfig, variant_name
 from mosmoskit.io import atomic_write_text
@@ -87,7 +88,8 @@ class FinetuneResult:
         checkpoint: the final checkpoint (``last.pt`` refers to the same file).
         metrics: test-set summary from :func:`~mosmoskit.evaluation.segmentation.summarize_metrics`:
             ``organs`` (per-organ Dice/HD95 mean and std, status counts), ``mean_dice``,
-            ``mean_hd95`` (mm), ``never_learned``, ``n_cases``.
+            ``mean_hd95`` (mm), ``never_learned``, ``n_cases``. Empty on ranks other than 0 of a
+            ``torchrun`` run (rank 0 scores the test set).
         per_case: case id -> organ -> ``{"dice", "hd95", "status", "gt_voxels", "pred_voxels"}``;
             in 2D, patient id -> organ -> the metrics of that patient's slices pooled
             (:func:`~mosmoskit.evaluation.segmentation.pool_by_group`), what ``metrics`` summarises.
@@ -171,8 +173,8 @@ def read_pretrained(path: str | Path, config: FinetuneConfig, label_map: LabelMa
     Raises:
         FileNotFoundError: the file does not exist.
         CheckpointError: not a readable mosmoskit checkpoint.
-        ValueError: another kind of checkpoint; other spatial dimensions or another label map
-            (the message names both).
+        ValueError: another kind of checkpoint; other spatial dimensions, another encoder width
+            or another label map (the message names both).
     """
     from mosmoskit.pretraining.config import PretrainConfig
     from mosmoskit.training.checkpoint import load_checkpoint
@@ -189,6 +191,14 @@ def read_pretrained(path: str | Path, config: FinetuneConfig, label_map: LabelMa
         raise ValueError(
             f"pretrained_checkpoint {path} holds a {pconf.spatial_dims}D encoder ({pconf.image_encoder!r}) but the "
             f"fine-tuning run has spatial_dims={config.spatial_dims}; pre-train and fine-tune in the same dimension"
+        )
+    from mosmoskit.pretraining.model import DEFAULT_WIDTH
+
+    their_width = pconf.encoder_width or DEFAULT_WIDTH.get(pconf.image_encoder, 0)
+    if config.encoder_width and config.encoder_width != their_width:
+        raise ValueError(
+            f"encoder_width={config.encoder_width} but pretrained_checkpoint {path} holds a {pconf.image_encoder!r} "
+            f"encoder of width {their_width}: give {their_width} or 0 (the width comes from the checkpoint)"
         )
     plm = None
     if ckpt.get("label_map"):
@@ -246,6 +256,7 @@ def _build_model(
         config.spatial_dims, label_map, config.roi_size, fusion=config.fusion,
         pretrained_checkpoint_state=state, pretrain_config=pretrain_config,
         init_encoder=has_pretraining and config.init_encoder, tune_tag_head=config.tune_tag_head,
+        share_encoder=config.share_encoder,
         pretrain_label_map=pretrain_label_map, segmenter_options=segmenter_options(config) or None,
         architecture_only=architecture_only and has_pretraining and config.uses_pretrained,
         text_dim=text_dim if architecture_only else None,
@@ -384,12 +395,15 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     pretrained = None
     if config.pretrained_checkpoint:
         pretrained = read_pretrained(config.pretrained_checkpoint, config, label_map)
-    out = _prepare_folder(config)
-    seed_everything(config.seed)
-    data = prepare_finetuning_data(config, progress=progress)
+    main = distributed.is_main_process()
+    # Under torchrun: rank 0 prepares the folder and generates the phantoms, the others then read them.
+    with distributed.main_process_first():
+        out = _prepare_folder(config) if main else Path(config.output_dir)
+        seed_everything(config.seed)
+        data = prepare_finetuning_data(config, progress=progress and main)
     label_map = data.label_map
     data_record = screen_summary(data.screening)
-    if data.screening is not None:
+    if data.screening is not None and main:
         # Written before training, so that the list is there to read while the run goes on.
         data.screening.write_report(out / SKIPPED_NAME)
         data_record["report"] = SKIPPED_NAME
@@ -399,8 +413,9 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
                            data.screening.report(data.source.parent))
     training_spacing = tuple(config.spacing) or median_spacing(
         [data.cases[c]["image"] for c in data.split.labelled], config.spatial_dims)
-    atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
-    label_map.save(out / "label_map.json")
+    if main:
+        atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
+        label_map.save(out / "label_map.json")
 
     model, report = _build_model(config, label_map, pretrained)
     run_record = {
@@ -432,6 +447,14 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     start = time.perf_counter()
     fit = trainer.fit()
     seconds = time.perf_counter() - start
+    split = data.split.summary()
+    if not main:
+        # The test set is scored once, by rank 0; the other processes return the training outcome only.
+        return FinetuneResult(
+            output_dir=out, checkpoint=Path(fit.last_checkpoint), metrics={}, per_case={}, per_slice={},
+            history=list(fit.history), split=split, protocol=_protocol(config, split), load_report=report.to_dict(),
+            seconds=seconds, data=data_record,
+        )
 
     predictions_dir = out / PREDICTIONS_DIR if config.save_predictions else None
     per_image = evaluate_test_set(task.model, data, config, predictions_dir, progress=progress)
@@ -443,7 +466,6 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         per_case = pool_by_group(per_image, data.split.groups)
         write_metrics_csv(out / "metrics_slices.csv", per_slice)
     summary = summarize_metrics(per_case)
-    split = data.split.summary()
     protocol = _protocol(config, split)
     write_metrics_csv(out / "metrics.csv", per_case)
     record = {

@@ -41,9 +41,16 @@ resumes from its newest complete checkpoint; temporary files of killed writes ar
 start. Every session writes ``run_record.json`` (:mod:`mosmoskit.provenance`): config, versions,
 device and the data files with their SHA-256.
 
-**Distributed.** When ``torch.distributed`` is initialised (by ``torchrun`` or ``accelerate``), the
-sampler gives each rank its own share of every epoch, and only rank 0 shows progress and writes
-history and checkpoints. Wrapping the model (DDP) is the caller's job.
+**Distributed.** When ``torch.distributed`` is initialised with several processes (by ``torchrun``
+through :func:`mosmoskit.distributed.init_from_env`, or by ``accelerate``), the trainer wraps the
+task's model in ``DistributedDataParallel`` and ``task.step`` runs its forward through the wrapper
+(attributes of the model stay reachable through it), so the backward pass averages the gradients over
+the processes. The sampler gives each rank its own share of every epoch (``batch_size`` is per
+process); the logged loss terms are means over the processes; BatchNorm statistics are rank 0's at
+every validation and checkpoint; a stop request on any rank stops every rank. Every rank validates
+(the same model on the same data, so the same metrics, and no rank waits for another); only rank 0
+shows progress and writes history and checkpoints, which hold the plain module's weights (no
+``module.`` prefix): a checkpoint of a multi-process run resumes in a single process and vice versa.
 
 Example:
     >>> import tempfile, torch, torch.nn.functional as F
@@ -64,6 +71,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -207,6 +215,12 @@ class TrainerConfig:
         overwrite: with ``resume=False``, delete an earlier run's checkpoints and history in
             ``output_dir`` instead of refusing to start.
         progress: show a progress bar (``tqdm.auto``: terminal and Jupyter).
+
+    Under several processes (``torchrun``) the trainer's ``batch_size`` is the batch of *each*
+    process: one update sees ``batch_size x grad_accum_steps x world_size`` samples, and an epoch
+    takes ``world_size`` times fewer updates. ``lr`` is used as given (no automatic scaling with the
+    number of processes): a run moved from 1 to N GPUs with the same per-process batch has an N times
+    larger global batch, so either lower ``batch_size`` to keep the global batch or retune ``lr``.
 
     Raises:
         ValueError: a field with an invalid value; the message names the field and the value.
@@ -455,7 +469,7 @@ class TrainResult:
         history: every record, oldest first: ``split == "train"`` records (``step``, ``epoch``, ``lr``,
             ``loss``, each term, ``grad_norm`` when clipping, extra logs) and ``split == "val"`` records
             (``step`` and the task's metrics). Also in ``output_dir/history.jsonl``.
-        last_checkpoint: the checkpoint written at the end (``None`` on ranks other than 0).
+        last_checkpoint: the checkpoint written at the end (by rank 0; every rank gets its path).
         metrics: the last validation metrics (empty without a validation loader).
         stopped_early: a callback called :meth:`Trainer.request_stop`.
     """
@@ -480,7 +494,8 @@ class Trainer:
         task: the model and its losses (see :class:`Task`).
         config: optimisation, logging and output settings.
         train_dataset: map-style training data.
-        batch_size: samples per batch and process (with ``train_dataset``).
+        batch_size: samples per batch and process (with ``train_dataset``); the global batch of a
+            ``torchrun`` run is ``batch_size x world_size`` (see :class:`TrainerConfig`).
         collate_fn: batch builder (with ``train_dataset``; default ``default_collate``).
         num_workers: loader processes (with ``train_dataset``).
         shuffle, drop_last: sample order and last-batch handling (with ``train_dataset``).
@@ -497,6 +512,8 @@ class Trainer:
 
     Attributes:
         device, amp_dtype, optimizer, scheduler, scaler, step, epoch, history: the live run state.
+        ddp_model: the ``DistributedDataParallel`` wrapper of ``task.model`` under several processes
+            (``None`` otherwise). ``task.model`` is the plain module except while ``task.step`` runs.
 
     Raises:
         ValueError: neither or both data sources, a missing ``batch_size``, an empty dataset, a
@@ -556,7 +573,11 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         task.model.to(self.device)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
+        param_groups = self._param_groups()
+        # Wrapped before the optimiser is built (DDP broadcasts rank 0's initial weights); the
+        # optimiser holds the same parameter tensors either way.
+        self.ddp_model = _wrap_distributed(task.model, self.device)
+        self.optimizer = torch.optim.AdamW(param_groups, lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
         schedule = dict(max_steps=config.max_steps, warmup_steps=config.warmup_steps, scheduler=config.scheduler,
                         min_lr_ratio=config.min_lr_ratio)
@@ -626,6 +647,8 @@ class Trainer:
                     self._flush_history()
                 if self.config.val_every and self.step % self.config.val_every == 0:
                     self._validate()
+                # A callback (a time limit, early stopping) may stop one rank only: all must stop together.
+                self._stop = self._on_any_rank(self._stop)
                 if self.step % self.config.checkpoint_every == 0 and self.step < self.config.max_steps \
                         and not self._stop:
                     self._save()
@@ -653,15 +676,21 @@ class Trainer:
         sums: dict[str, float] = {}
         for micro in range(cfg.grad_accum_steps):
             batch = move_to_device(next(batches), self.device, non_blocking=self.device.type == "cuda")
-            with autocast(self.device, self.amp_dtype):
+            with autocast(self.device, self.amp_dtype), self._distributed_forward():
                 terms = self.task.step(batch)
             loss = self._total_loss(terms)
-            # One host sync for every value of this micro-batch.
-            values = torch.stack([t.detach().float().reshape(()) for t in terms.values()]
-                                 + [loss.detach().float()]).tolist()
+            # One host sync for every value of this micro-batch. Under several processes the values
+            # are averaged over them first, so the log shows the global batch and a NaN on one rank
+            # stops every rank (a rank that went on to the backward's all-reduce alone would hang).
+            stacked = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [loss.detach().float()])
+            values = self._mean_over_ranks(stacked).tolist()
             named = dict(zip([*terms, "loss"], values))
             if not all(math.isfinite(v) for v in values):
                 raise NonFiniteLossError(self.step + 1, named, self._error_detail(micro))
+            # Under DDP every micro-batch's backward averages gradients over the processes (DDP's
+            # no_sync would save that communication but does not work with static_graph=True, which
+            # the wrapper needs; see _wrap_distributed). Averaged accumulations equal the sum of the
+            # averages, so the update is the same.
             self.scaler.scale(loss / cfg.grad_accum_steps).backward()
             for k, v in named.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -694,6 +723,50 @@ class Trainer:
                     raise ValueError(f"extra_logs() returned {k!r}, a name already used by the loop or a loss term")
                 logs[k] = float(v)
         return logs
+
+    @contextlib.contextmanager
+    def _distributed_forward(self) -> Iterator[None]:
+        """Under DDP, let ``task.step`` see the wrapper as ``task.model`` (and put the module back after).
+
+        Only the wrapper's forward prepares the gradient averaging of the backward pass; everything
+        else (validation, saving, ``extra_logs``) keeps seeing the plain module.
+        """
+        if self.ddp_model is None:
+            yield
+            return
+        inner = self.task.model
+        self.task.model = self.ddp_model
+        self.ddp_model.forward_calls = 0
+        try:
+            yield
+        finally:
+            self.task.model = inner
+        if self.ddp_model.forward_calls == 0:
+            raise ValueError(f"task {type(self.task).__name__}.step did not call self.model(...): under "
+                             f"DistributedDataParallel the forward must go through task.model (not through another "
+                             f"reference to the module), or the gradients are not averaged over the processes")
+
+    def _mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        if self.ddp_model is None:
+            return values
+        torch.distributed.all_reduce(values)
+        return values / distributed.world_size()
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on at least one (a collective: every rank calls it)."""
+        if self.ddp_model is None:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics), which each rank's forward updates from
+        its own batch: validation then gives the same metrics on every rank, as the saved model would."""
+        if self.ddp_model is None:
+            return
+        for buffer in self.ddp_model.module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
     def _total_loss(self, terms: Any) -> torch.Tensor:
         if not isinstance(terms, Mapping) or not terms:
@@ -744,6 +817,7 @@ class Trainer:
 
     # --------------------------------------------------------------------------- validation
     def _validate(self) -> None:
+        self._sync_buffers()
         model = self.task.model
         was_training = model.training
         model.eval()
@@ -773,6 +847,7 @@ class Trainer:
             remove_stale_temporaries(self.output_dir, names=(HISTORY_NAME, RUN_RECORD_NAME))
         self._barrier()
         found = latest_checkpoint(self.output_dir) if self.output_dir.is_dir() else None
+        self._check_same_on_all_ranks(found)
         history_file = self.output_dir / HISTORY_NAME
         if found is not None and cfg.resume:
             self._resume(found)
@@ -874,7 +949,19 @@ class Trainer:
             warnings.warn(f"resuming {path} with changed settings ({'; '.join(changed)}): the run will not match an "
                           f"uninterrupted one", stacklevel=6)
 
+    def _check_same_on_all_ranks(self, found: Path | None) -> None:
+        """Every rank must resume the same checkpoint (``output_dir`` on a file system all nodes share)."""
+        if self.ddp_model is None:
+            return
+        seen: list[Any] = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(seen, None if found is None else found.name)
+        if len(set(seen)) > 1:
+            # Raised on every rank alike, so no rank is left waiting in a collective.
+            raise ValueError(f"the processes see different newest checkpoints in {self.output_dir} (by rank: {seen}); "
+                             f"output_dir must be on a file system that every node shares")
+
     def _save(self) -> None:
+        self._sync_buffers()
         if self._is_main:
             cfg = self.config
             state = {
@@ -895,7 +982,8 @@ class Trainer:
             self._last_checkpoint = path
             self._flush_history()
         else:
-            self._last_checkpoint = None
+            # The file rank 0 writes (the barrier below waits for it): every rank can report it.
+            self._last_checkpoint = self.output_dir / checkpoint_name(self.step)
         self._checkpoint_step = self.step
         self._barrier()
 
@@ -988,6 +1076,51 @@ class _OnDevice:
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
+
+
+class _DistributedModel(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that lends the wrapped module's attributes and counts its forward calls.
+
+    Tasks call submodules by name (``self.model.contrastive_loss(...)``, ``self.model.text_encoder``);
+    with this wrapper such code runs unchanged while ``task.model`` is the wrapper.
+    """
+
+    forward_calls = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.forward_calls += 1
+        return super().forward(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not set yet (inside DDP's constructor): no module to ask
+                raise
+            return getattr(self.module, name)
+
+
+def _wrap_distributed(model: nn.Module, device: torch.device) -> _DistributedModel | None:
+    """``model`` in DistributedDataParallel when several processes train together, else ``None``.
+
+    ``static_graph=True`` because tasks use parameters outside the model's forward (the contrastive
+    loss's temperature is called after it) and leave some unused (the text encoder when the
+    contrastive weight is 0): DDP's default refuses unused parameters, and ``find_unused_parameters``
+    refuses parameters used after the forward. A static graph (the same parameters take part in every
+    step, true for the kit's tasks) supports both.
+
+    Raises:
+        ValueError: the process group's backend is NCCL but the run's device is not CUDA.
+    """
+    if not distributed.is_distributed():
+        return None
+    backend = torch.distributed.get_backend()
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"the process group uses NCCL, which needs CUDA, but the run's device is {device}; use "
+                         f"device 'auto' or 'cuda', or start the processes with the gloo backend for the CPU")
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return _DistributedModel(model, device_ids=device_ids, static_graph=True)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
