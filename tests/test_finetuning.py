@@ -136,7 +136,6 @@ def test_config_defaults_roundtrip_and_list_coercion():
         ({"roi_size": (64, 64, 64)}, "roi_size must have 2 positive sizes"),
         ({"roi_size": (60, 64)}, "divisible by 16"),
         ({"spatial_dims": 3}, "roi_size must have 3"),
-        ({"pretrained_checkpoint": "p.pt", "encoder_width": 8}, "leave encoder_width at 0"),
         ({"tune_tag_head": True}, "tune_tag_head=True needs fusion"),
         ({"test_fraction": 0.0}, r"test_fraction must be in \(0, 1\)"),
         ({"test_fraction": 0.6, "val_fraction": 0.5}, "must leave training"),
@@ -272,6 +271,13 @@ def test_pretrained_checkpoint_of_other_dims_or_labels_is_refused(tmp_path, pret
     # encoder-only transfer does not need the same tags
     encoder_only = FinetuneConfig(roi_size=(64, 64), pretrained_checkpoint=str(amos))
     assert read_pretrained(amos, encoder_only, BTCV).config.label_map == "amos"
+    # a study may name the width for random and pre-trained runs alike: the checkpoint's is accepted, another refused
+    same_width = FinetuneConfig(roi_size=(64, 64), pretrained_checkpoint=str(amos), encoder_width=8)
+    assert read_pretrained(amos, same_width, BTCV).config.encoder_width == 8
+    with pytest.raises(ValueError, match=r"encoder_width=16 but pretrained_checkpoint .*amos.pt holds a 'unet2d' "
+                                         r"encoder of width 8"):
+        read_pretrained(amos, FinetuneConfig(roi_size=(64, 64), pretrained_checkpoint=str(amos), encoder_width=16),
+                        BTCV)
     other_kind = save_checkpoint(tmp_path / "other.pt", state={"model": {}}, config={}, kind="finetune")
     with pytest.raises(ValueError, match="is a 'finetune' checkpoint; fine-tuning starts from a pre-training"):
         read_pretrained(other_kind, config2, BTCV)

@@ -89,9 +89,15 @@ class FinetuneConfig:
         init_encoder: initialise the segmenter's encoder from the pre-trained image encoder (only
             with ``pretrained_checkpoint``; ignored without one).
         tune_tag_head: train the map branch (tag head and its encoder copy) too; frozen otherwise.
+        share_encoder: decoder fusion with a pre-trained encoder: compute the maps from the
+            segmenter's own (fine-tuned) encoder instead of a frozen copy of the pre-trained one.
+            Saves one encoder pass per step, but the frozen tag head then reads drifting
+            features; off by default (see docs/results.md).
         encoder_width: without a pre-trained checkpoint, the network width: BasicUNet's first
             level (features w, w, 2w, 4w, 8w, w) or UNETR's ViT hidden size (MLP 2w, 4 heads);
-            0 = MONAI's defaults. With a checkpoint the encoder comes from its config: leave 0.
+            0 = MONAI's defaults. With a checkpoint the encoder comes from its config: leave 0 or give
+            the checkpoint's width (a study then sets one width for random and pre-trained runs);
+            another width is refused when the checkpoint is read.
         decoder_width: UNETR's decoder width (``feature_size``; 0 = 16); unused in 2D.
 
     Augmentation:
@@ -154,6 +160,7 @@ class FinetuneConfig:
     fusion: str = "none"
     init_encoder: bool = True
     tune_tag_head: bool = False
+    share_encoder: bool = False
     encoder_width: int = 0
     decoder_width: int = 0
 
@@ -235,11 +242,6 @@ class FinetuneConfig:
         if self.tune_tag_head and self.fusion == "none":
             raise ValueError(
                 "tune_tag_head=True needs fusion 'input' or 'decoder' (with fusion='none' there is no tag head)"
-            )
-        if self.pretrained_checkpoint and self.encoder_width:
-            raise ValueError(
-                f"encoder_width={self.encoder_width} but the encoder architecture comes from pretrained_checkpoint "
-                f"{self.pretrained_checkpoint!r}: leave encoder_width at 0"
             )
         for name in ("phantom_cases", "phantom_slices_per_case", "val_max_cases", "crops_per_case", "max_steps",
                      "batch_size", "checkpoint_every", "sw_batch_size"):

@@ -656,6 +656,7 @@ def build_segmenter(
     scale_by_probability: bool = True,
     architecture_only: bool = False,
     text_dim: int | None = None,
+    share_encoder: bool = False,
 ) -> tuple[MosmosSegmenter, LoadReport]:
     """Build a fine-tuning segmenter (any baseline or MOSMOS variant) and load what it needs.
 
@@ -673,6 +674,11 @@ def build_segmenter(
             the same network as the pre-trained variants) and the tag head.
         init_encoder: initialise the segmenter's encoder from ``image_encoder.*``. With decoder
             fusion it also decides where the maps come from (see the module docstring).
+        share_encoder: decoder fusion with ``init_encoder``: let the frozen tag head read the
+            segmenter's own encoder (one encoder pass per step) instead of a frozen copy of the
+            pre-trained encoder. Faster, but the maps drift as fine-tuning changes the encoder
+            under the frozen head; in the phantom study (docs/results.md) that cost Dice, so the
+            default is the frozen copy.
         tune_tag_head: train the map branch; otherwise it is frozen (see ``MosmosSegmenter``).
         in_channels: image channels C; must equal the pre-trained encoder's.
         pretrain_label_map: the pre-training label map (``checkpoint["label_map"]``), to check tag
@@ -795,7 +801,7 @@ def build_segmenter(
     # ---- load
     parts: list[LoadedPart] = []
     load = state is not None
-    shares = fusion == "decoder" and init_encoder
+    shares = fusion == "decoder" and init_encoder and share_encoder
     trainable_maps = bool(tune_tag_head)
     if load and encoder is not None:
         staged = _load_part(encoder, state, "image_encoder.", "pre-trained image encoder")
