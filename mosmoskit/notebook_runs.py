@@ -53,12 +53,16 @@ from mosmoskit.io import atomic_write_text
 __all__ = [
     "NOTEBOOKS",
     "NotebookStage",
+    "PlannedRun",
+    "SweepPoint",
     "expand_sweep",
     "notebooks_dir",
     "parse_assignments",
     "plan_sweep",
+    "read_sweep_spec",
     "run_pipeline",
     "run_sweep",
+    "sweep_rows",
 ]
 
 STATE_FILE = "pipeline.json"
@@ -206,6 +210,7 @@ def _fine_tuning_rows(metrics_json: Path) -> dict[str, Any] | None:
         "mean_dice": test.get("mean_dice"), "mean_hd95": test.get("mean_hd95"), "n_cases": test.get("n_cases"),
         "unit": record.get("test_unit", "image"), "variant": (record.get("protocol") or {}).get("variant"),
         "organs": {o: s.get("dice_mean") for o, s in (test.get("organs") or {}).items()},
+        "organs_hd95": {o: s.get("hd95_mean") for o, s in (test.get("organs") or {}).items()},
     }
 
 
@@ -345,37 +350,99 @@ def run_pipeline(
 
 
 # ------------------------------------------------------------------------------------ sweeps
-def expand_sweep(spec: Mapping[str, Any], source: str = "sweep") -> list[tuple[str, dict[str, Any]]]:
-    """A sweep spec -> ``[(run name, parameters)]``, one per combination of the grid.
+SPEC_KEYS = ("parameters", "grid", "stages", "description", "protocol", "study")  # "study": see mosmoskit.study
+_BUNDLE_KEYS = ("stages",)  # keys of a named bundle that are not parameters
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep: a point of its grid.
+
+    Attributes:
+        name: the run's folder name (``"network-unet2d_setting-random_seed-0"``).
+        parameters: every parameter of the run (fixed ones, bundles and grid values).
+        labels: axis -> the value or the bundle name at this point (the summary's columns).
+        stages: the notebooks this run executes (a bundle may narrow the sweep's stages: random
+            initialisation needs no pre-training); ``None``: the sweep's.
+    """
+
+    name: str
+    parameters: dict[str, Any]
+    labels: dict[str, Any]
+    stages: tuple[str, ...] | None = None
+
+
+def expand_sweep(spec: Mapping[str, Any], source: str = "sweep") -> list[SweepPoint]:
+    """A sweep spec -> one :class:`SweepPoint` per combination of the grid.
+
+    A grid axis is either a list of values of one parameter (``03.seed: [0, 1, 2]``) or a mapping
+    of *named bundles*, each a mapping of parameters that change together::
+
+        grid:
+          setting:
+            random: {stages: ["03"], 03.init_encoder: false}    # no pre-training at all
+            mosmos: {03.fusion: decoder}
+          03.seed: [0, 1, 2]
+
+    A bundle may carry ``stages`` (the notebooks its runs execute, a subset of the sweep's).
 
     Args:
-        spec: ``{"parameters": {...}, "grid": {name: [values]}, "stages": [...]}`` (see the module
-            docstring); ``grid`` may be empty (one run).
+        spec: ``{"parameters": {...}, "grid": {...}, "stages": [...], "description": str,
+            "protocol": str}``; ``grid`` may be empty (one run).
         source: the sweep file's name, for error messages.
 
     Raises:
-        ValueError: unknown top-level keys, a grid entry that is not a non-empty list, or
+        ValueError: unknown top-level keys, a grid entry that is neither a non-empty list nor a
+            mapping of bundles, a parameter set twice (fixed and by an axis, or by two axes), or
             duplicate run names.
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f"{source}: a sweep file must be a mapping with 'parameters' and/or 'grid'")
-    unknown = sorted(set(spec) - {"parameters", "grid", "stages", "description"})
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: parameters, grid, stages, description")
+        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(SPEC_KEYS)}")
     fixed = dict(spec.get("parameters") or {})
     grid = dict(spec.get("grid") or {})
-    for name, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{source}: grid entry {name!r} must be a non-empty list of values, got {values!r}")
-        if name in fixed:
-            raise ValueError(f"{source}: {name!r} is both a fixed parameter and a grid axis")
-    names = list(grid)
-    runs: list[tuple[str, dict[str, Any]]] = []
-    for combo in itertools.product(*(grid[n] for n in names)) if names else [()]:
-        point = dict(zip(names, combo))
-        label = "_".join(f"{n.split('.')[-1]}-{_slug(v)}" for n, v in point.items()) or "run"
-        runs.append((label, {**fixed, **point}))
-    seen = [r[0] for r in runs]
+    axes: list[tuple[str, list[tuple[Any, dict[str, Any], tuple[str, ...] | None]]]] = []
+    for axis, values in grid.items():
+        if isinstance(values, Mapping) and values:
+            options = []
+            for bundle_name, bundle in values.items():
+                if not isinstance(bundle, Mapping):
+                    raise ValueError(f"{source}: bundle {axis}.{bundle_name} must be a mapping of parameters, "
+                                     f"got {bundle!r}")
+                bundle = dict(bundle)
+                stages = bundle.pop("stages", None)
+                if stages is not None and (not isinstance(stages, list) or not stages):
+                    raise ValueError(f"{source}: {axis}.{bundle_name}.stages must be a non-empty list, got {stages!r}")
+                options.append((str(bundle_name), bundle, None if stages is None else
+                                tuple(str(k).zfill(2) for k in stages)))
+            axes.append((axis, options))
+        elif isinstance(values, list) and values:
+            if axis in fixed:
+                raise ValueError(f"{source}: {axis!r} is both a fixed parameter and a grid axis")
+            axes.append((axis, [(v, {axis: v}, None) for v in values]))
+        else:
+            raise ValueError(f"{source}: grid entry {axis!r} must be a non-empty list of values or a mapping of "
+                             f"named bundles, got {values!r}")
+    runs: list[SweepPoint] = []
+    for combo in itertools.product(*(options for _, options in axes)) if axes else [()]:
+        params, labels, stages = dict(fixed), {}, None
+        for (axis, _), (label, bundle, bundle_stages) in zip(axes, combo):
+            for name, value in bundle.items():
+                if name in params and name != axis:
+                    raise ValueError(f"{source}: parameter {name!r} is set twice (by {axis}={label} and by the fixed "
+                                     f"parameters or another axis); set it in one place")
+                params[name] = value
+            labels[axis] = label
+            if bundle_stages is not None:
+                if stages is not None and set(stages) != set(bundle_stages):
+                    raise ValueError(f"{source}: two bundles of one run give different stages {stages} and "
+                                     f"{bundle_stages}")
+                stages = bundle_stages
+        name = "_".join(f"{axis.split('.')[-1]}-{_slug(label)}" for axis, label in labels.items()) or "run"
+        runs.append(SweepPoint(name, params, labels, stages))
+    seen = [r.name for r in runs]
     if len(set(seen)) != len(seen):
         raise ValueError(f"{source}: two grid points give the same run name; use distinct values")
     return runs
@@ -387,19 +454,29 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "", text)[:40] or "x"
 
 
-def plan_sweep(
-    sweep_file: str | Path, sweep_dir: str | Path, overrides: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, Any], list[NotebookStage], list[tuple[str, dict[str, Any], dict[str, Path]]]]:
-    """Read and check a sweep file without running anything.
+@dataclass(frozen=True)
+class PlannedRun:
+    """A sweep point with its notebooks resolved: what :func:`run_sweep` executes.
 
-    Returns:
-        ``(spec, selected notebooks, plans)`` with one ``(run name, parameters, notebook folders)``
-        per grid point; a notebook's folder is keyed by its parameters and those of everything
-        upstream, so identical upstream notebooks share one folder.
+    Attributes:
+        point: the grid point.
+        stages: the notebooks it runs, in order.
+        stage_dirs: notebook number -> output folder, keyed by the notebook's parameters and
+            those of everything upstream (identical upstream notebooks share one folder).
+        per_notebook: notebook number -> its resolved parameters.
+    """
+
+    point: SweepPoint
+    stages: tuple[NotebookStage, ...]
+    stage_dirs: dict[str, Path]
+    per_notebook: dict[str, dict[str, Any]]
+
+
+def read_sweep_spec(sweep_file: str | Path) -> dict[str, Any]:
+    """Read a sweep YAML file.
 
     Raises:
-        FileNotFoundError: no sweep file or notebook. ValueError: malformed YAML, grid, or a
-            parameter name no notebook declares (naming the file).
+        FileNotFoundError: no such file. ValueError: not valid YAML, or not a mapping.
     """
     import yaml
 
@@ -410,28 +487,69 @@ def plan_sweep(
         spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({err})") from err
-    runs = expand_sweep(spec, source=str(path))
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a sweep file must be a mapping with 'parameters' and/or 'grid'")
+    return spec
+
+
+def plan_sweep(
+    sweep_file: str | Path, sweep_dir: str | Path, overrides: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[NotebookStage], list[PlannedRun]]:
+    """Read and check a sweep file without running anything.
+
+    Args:
+        sweep_file: the YAML file.
+        sweep_dir: the sweep folder.
+        overrides: parameters applied on top of every run (a notebook's parameters are dropped
+            for runs that do not execute it).
+
+    Returns:
+        ``(spec, the sweep's notebooks, one PlannedRun per grid point)``.
+
+    Raises:
+        FileNotFoundError: no sweep file or notebook. ValueError: malformed YAML, grid, or a
+            parameter name no notebook declares (naming the file).
+    """
+    path = Path(sweep_file)
+    spec = read_sweep_spec(path)
+    points = expand_sweep(spec, source=str(path))
     selected = _select(spec.get("stages"))
     declared = _declared(notebooks_dir(), selected)
     sweep_dir = Path(sweep_dir).resolve()
     plans = []
-    for name, params in runs:
-        params = {**params, **dict(overrides or {})}
+    for point in points:
+        params = {**point.parameters, **dict(overrides or {})}
         try:
-            per = _resolve_parameters(params, selected, declared)
+            per = _resolve_parameters(params, selected, declared)  # checks every name once
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise ValueError(f"{path}: run {point.name}: {err}") from err
+        stages = selected
+        if point.stages is not None:
+            outside = sorted(set(point.stages) - {s.key for s in selected})
+            if outside:
+                raise ValueError(f"{path}: run {point.name} asks for notebook(s) {outside}, which the sweep's "
+                                 f"stages {[s.key for s in selected]} do not include")
+            stages = [s for s in selected if s.key in point.stages]
+            # names meant for every notebook ("device") stay; those of skipped notebooks go
+            per = _resolve_parameters({k: v for k, v in params.items() if _addressed(k) in (None, *point.stages)},
+                                      stages, declared)
         stage_dirs, upstream = {}, []
-        for s in selected:
+        for s in stages:
             upstream.append([s.key, per[s.key]])
             stage_dirs[s.key] = sweep_dir / "stages" / f"{s.folder}_{_digest(upstream)}"
-        plans.append((name, params, stage_dirs))
+        plans.append(PlannedRun(point, tuple(stages), stage_dirs, per))
     return spec, selected, plans
+
+
+def _addressed(name: str) -> str | None:
+    """The notebook a parameter name addresses (``"03.seed"`` -> ``"03"``), None for a bare name."""
+    prefix, dot, _ = name.partition(".")
+    return prefix.zfill(2) if dot and re.fullmatch(r"\d{1,2}", prefix) else None
 
 
 def run_sweep(
     sweep_file: str | Path, sweep_dir: str | Path, overrides: Mapping[str, Any] | None = None,
-    overwrite: bool = False, html: bool = True, log: Any = print,
+    overwrite: bool = False, html: bool = True, log: Any = print, where: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every grid point of a YAML sweep as a pipeline, sharing identical upstream notebooks.
 
@@ -443,35 +561,81 @@ def run_sweep(
         overwrite: passed to each pipeline.
         html: write HTML renderings.
         log: progress output.
+        where: run only the points whose labels match (``{"network": "unet2d"}``; a list matches
+            any of its values: ``{"03.seed": [0, 1]}``); the summary
+            still lists every run of the sweep found finished on disk, so two processes may share
+            one sweep folder by running disjoint parts.
 
     Returns:
-        One summary row per run: ``run``, the grid values, ``status``, ``mean_dice``,
-        ``mean_hd95``, ``variant`` and the per-organ Dice.
+        One summary row per run of the sweep: ``run``, the grid labels, ``status``, ``mean_dice``,
+        ``mean_hd95``, ``variant``, ``seconds`` and the per-organ Dice (``dice_<organ>``) and HD95
+        (``hd95_<organ>``); runs not executed (filtered out, not yet run) have status ``"pending"``.
 
     Raises:
-        FileNotFoundError: no sweep file. ValueError: a malformed sweep (before anything runs).
+        FileNotFoundError: no sweep file. ValueError: a malformed sweep or an unknown ``where``
+            axis (before anything runs).
     """
     path = Path(sweep_file)
     sweep_dir = Path(sweep_dir).resolve()
     spec, selected, plans = plan_sweep(path, sweep_dir, overrides)
     say = log or (lambda *a, **k: None)
-    say(f"sweep {path.name}: {len(plans)} run(s) into {sweep_dir}")
-    rows = []
-    grid_names = list((spec.get("grid") or {}).keys())
-    for i, (name, params, stage_dirs) in enumerate(plans, 1):
-        say(f"--- run {i}/{len(plans)}: {name}")
-        row: dict[str, Any] = {"run": name, **{g: params.get(g) for g in grid_names}}
+    chosen = _filter(plans, where, path)
+    say(f"sweep {path.name}: {len(chosen)} of {len(plans)} run(s) into {sweep_dir}")
+    failed: dict[str, str] = {}
+    for i, plan in enumerate(chosen, 1):
+        say(f"--- run {i}/{len(chosen)}: {plan.point.name}")
+        params = {**plan.point.parameters, **dict(overrides or {})}
+        if plan.point.stages is not None:
+            params = {k: v for k, v in params.items() if _addressed(k) in (None, *plan.point.stages)}
         try:
-            state = run_pipeline(sweep_dir / "runs" / name, params, stages=[s.key for s in selected],
-                                 overwrite=overwrite, html=html, stage_dirs=stage_dirs, log=log)
-            ft = state.get("finetune_results") or {}
-            row.update(status="ok", mean_dice=ft.get("mean_dice"), mean_hd95=ft.get("mean_hd95"),
-                       variant=ft.get("variant"), **{f"dice_{o}": d for o, d in (ft.get("organs") or {}).items()})
+            run_pipeline(sweep_dir / "runs" / plan.point.name, params, stages=[s.key for s in plan.stages],
+                         overwrite=overwrite, html=html, stage_dirs=plan.stage_dirs, log=log)
         except Exception as err:  # noqa: BLE001 - one failed run does not stop the sweep; it is reported
-            row.update(status=f"failed: {type(err).__name__}")
-            say(f"run {name} failed: {err}")
+            failed[plan.point.name] = f"failed: {type(err).__name__}"
+            say(f"run {plan.point.name} failed: {err}")
+        _write_summary(sweep_dir, sweep_rows(sweep_dir, plans, failed))
+    rows = sweep_rows(sweep_dir, plans, failed)
+    _write_summary(sweep_dir, rows)
+    return rows
+
+
+def _filter(plans: Sequence[PlannedRun], where: Mapping[str, Any] | None, source: Path) -> list[PlannedRun]:
+    if not where:
+        return list(plans)
+    axes = set(plans[0].point.labels) if plans else set()
+    unknown = sorted(set(where) - axes)
+    if unknown:
+        raise ValueError(f"{source}: cannot select on {unknown}: the grid's axes are {sorted(axes)}")
+    def matches(label: Any, wanted: Any) -> bool:
+        options = wanted if isinstance(wanted, (list, tuple)) else [wanted]
+        return str(label) in {str(o) for o in options}
+
+    return [p for p in plans if all(matches(p.point.labels[a], v) for a, v in where.items())]
+
+
+def sweep_rows(sweep_dir: str | Path, plans: Sequence[PlannedRun],
+               failed: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One summary row per planned run, read from the run folders on disk (see :func:`run_sweep`)."""
+    rows = []
+    for plan in plans:
+        run_dir = Path(sweep_dir) / "runs" / plan.point.name
+        row: dict[str, Any] = {"run": plan.point.name, **plan.point.labels}
+        state = _read_state(run_dir)
+        notebooks = (state or {}).get("notebooks", {})
+        if failed and plan.point.name in failed:
+            row["status"] = failed[plan.point.name]
+        elif state is None or any(notebooks.get(s.key, {}).get("status") != "ok" for s in plan.stages):
+            row["status"] = "pending"
+        else:
+            row["status"] = "ok"
+        ft = (state or {}).get("finetune_results") or {}
+        if row["status"] == "ok":
+            own = [e.get("seconds") or 0.0 for e in notebooks.values() if not e.get("shared")]
+            row.update(mean_dice=ft.get("mean_dice"), mean_hd95=ft.get("mean_hd95"), variant=ft.get("variant"),
+                       seconds=round(sum(own), 1),
+                       **{f"dice_{o}": d for o, d in (ft.get("organs") or {}).items()},
+                       **{f"hd95_{o}": d for o, d in (ft.get("organs_hd95") or {}).items()})
         rows.append(row)
-        _write_summary(sweep_dir, rows)
     return rows
 
 
@@ -485,7 +649,7 @@ def _write_summary(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     for row in rows:
         writer.writerow({c: _fmt(row.get(c)) for c in columns})
     atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
-    head = [c for c in columns if not c.startswith("dice_")]
+    head = [c for c in columns if not c.startswith(("dice_", "hd95_"))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in head) + " |" for r in rows]
     atomic_write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("papermill")
 
 from mosmoskit import cli  # noqa: E402
-from mosmoskit.notebook_runs import expand_sweep, parse_assignments, run_pipeline, run_sweep  # noqa: E402
+from mosmoskit.notebook_runs import expand_sweep, parse_assignments, plan_sweep, run_pipeline, run_sweep  # noqa: E402
 
 # Tiny notebooks 02 and 03 (as in their own tests); 03 takes 02's encoder, so no encoder_width.
 TINY_02 = {"02.text_encoder": "tiny", "02.phantom_cases": 5, "02.phantom_slices_per_case": 2,
@@ -47,16 +47,48 @@ def test_unknown_parameters_are_refused_before_anything_runs(tmp_path, parameter
 def test_expand_sweep_makes_one_run_per_grid_point():
     runs = expand_sweep({"parameters": {"03.max_steps": 5},
                          "grid": {"03.label_fraction": [0.25, 1.0], "03.fusion": ["none", "decoder"]}})
-    assert [name for name, _ in runs] == ["label_fraction-0.25_fusion-none", "label_fraction-0.25_fusion-decoder",
-                                          "label_fraction-1.0_fusion-none", "label_fraction-1.0_fusion-decoder"]
-    assert all(p["03.max_steps"] == 5 for _, p in runs)
-    assert runs[1][1]["03.fusion"] == "decoder" and runs[1][1]["03.label_fraction"] == 0.25
-    with pytest.raises(ValueError, match="non-empty list"):
+    assert [r.name for r in runs] == ["label_fraction-0.25_fusion-none", "label_fraction-0.25_fusion-decoder",
+                                      "label_fraction-1.0_fusion-none", "label_fraction-1.0_fusion-decoder"]
+    assert all(r.parameters["03.max_steps"] == 5 and r.stages is None for r in runs)
+    assert runs[1].parameters["03.fusion"] == "decoder" and runs[1].parameters["03.label_fraction"] == 0.25
+    assert runs[1].labels == {"03.label_fraction": 0.25, "03.fusion": "decoder"}
+    with pytest.raises(ValueError, match="non-empty list of values or a mapping of named bundles"):
         expand_sweep({"grid": {"03.seed": 3}})
     with pytest.raises(ValueError, match="unknown key"):
         expand_sweep({"gird": {"03.seed": [1]}})
     with pytest.raises(ValueError, match="both a fixed parameter and a grid axis"):
         expand_sweep({"parameters": {"03.seed": 1}, "grid": {"03.seed": [1, 2]}})
+
+
+def test_named_bundles_change_parameters_together_and_may_skip_notebooks(tmp_path):
+    spec = {"stages": ["02", "03"], "parameters": {"03.max_steps": 5},
+            "grid": {"setting": {"random": {"stages": ["03"], "03.init_encoder": False},
+                                 "mosmos": {"02.tag_loss_weight": 1.0, "03.fusion": "decoder"}},
+                     "03.seed": [0, 1]}}
+    runs = expand_sweep(spec)
+    assert [r.name for r in runs] == ["setting-random_seed-0", "setting-random_seed-1",
+                                      "setting-mosmos_seed-0", "setting-mosmos_seed-1"]
+    assert runs[0].stages == ("03",) and runs[2].stages is None
+    assert runs[0].labels == {"setting": "random", "03.seed": 0}
+    assert runs[2].parameters == {"03.max_steps": 5, "02.tag_loss_weight": 1.0, "03.fusion": "decoder", "03.seed": 0}
+    with pytest.raises(ValueError, match=r"parameter '03.max_steps' is set twice"):
+        expand_sweep({"parameters": {"03.max_steps": 5}, "grid": {"s": {"a": {"03.max_steps": 6}}}})
+    with pytest.raises(ValueError, match=r"bundle s.a must be a mapping"):
+        expand_sweep({"grid": {"s": {"a": 3}}})
+
+    import yaml
+
+    path = tmp_path / "bundles.yaml"
+    path.write_text(yaml.safe_dump({**spec, "parameters": {"03.max_steps": 5, "02.max_steps": 7}}, sort_keys=False))
+    _, _, plans = plan_sweep(path, tmp_path / "sweep")
+    random_run, mosmos_run = plans[0], plans[2]
+    assert [s.key for s in random_run.stages] == ["03"] and set(random_run.per_notebook) == {"03"}
+    assert "pretrained_checkpoint" not in random_run.per_notebook["03"]
+    assert [s.key for s in mosmos_run.stages] == ["02", "03"] and mosmos_run.per_notebook["02"]["max_steps"] == 7
+    # the two mosmos seeds share one pre-training folder; the random runs have none
+    assert plans[2].stage_dirs["02"] == plans[3].stage_dirs["02"] and "02" not in plans[1].stage_dirs
+    with pytest.raises(ValueError, match="cannot select on"):
+        run_sweep(path, tmp_path / "sweep", where={"network": "x"}, log=None)
 
 
 @pytest.mark.slow
@@ -112,9 +144,9 @@ def test_shipped_sweep_files_name_only_declared_parameters(sweep, tmp_path):
     from mosmoskit.notebook_runs import plan_sweep
 
     spec, selected, plans = plan_sweep(sweep, tmp_path)
-    assert plans and all(len(dirs) == len(selected) for _, _, dirs in plans)
+    assert plans and all(set(p.stage_dirs) == {s.key for s in p.stages} for p in plans)
     # runs that differ only downstream share the upstream notebook's folder
-    first = [dirs[selected[0].key] for _, _, dirs in plans]
+    first = [p.stage_dirs[p.stages[0].key] for p in plans]
     assert len(set(first)) <= len(plans)
 
 

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="[NN.]NAME=VALUE",
                         help="a notebook parameter (repeatable)")
     parser.add_argument("--sweep", default=None, metavar="YAML", help="run every grid point of this sweep file")
+    parser.add_argument("--where", dest="where", action="append", default=[], metavar="AXIS=VALUE",
+                        help="with --sweep: run only the grid points with this label (repeatable); the summary "
+                             "lists every run found on disk, so processes can share a sweep folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="run again into a folder that holds results of other parameters")
     parser.add_argument("--no-html", action="store_true", help="do not write HTML renderings")
@@ -46,14 +49,20 @@ def run(args: argparse.Namespace) -> int:
         if args.only:
             print("error: --only does not apply to a sweep: set 'stages' in the sweep file")
             return 2
+    elif args.where:
+        print("error: --where selects grid points of a sweep: give --sweep too")
+        return 2
+    if args.sweep:
         try:
+            where = parse_assignments(args.where)
             rows = run_sweep(args.sweep, args.out, overrides=parameters, overwrite=args.overwrite,
-                             html=not args.no_html)
+                             html=not args.no_html, where=where)
         except (ValueError, FileNotFoundError) as err:
             print(f"error: {err}")
             return 2
-        failed = [r["run"] for r in rows if r["status"] != "ok"]
-        print(f"\nsweep summary: {args.out}/summary.md ({len(rows)} runs, {len(failed)} failed)")
+        failed = [r["run"] for r in rows if r["status"].startswith("failed")]
+        done = sum(r["status"] == "ok" for r in rows)
+        print(f"\nsweep summary: {args.out}/summary.md ({len(rows)} runs: {done} done, {len(failed)} failed)")
         return 1 if failed else 0
 
     import papermill
