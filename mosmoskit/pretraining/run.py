@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mosmoskit import distributed
 from mosmoskit.config import config_from_dict, config_to_dict
 from mosmoskit.data.readers import load_image, load_label
 from mosmoskit.io import atomic_write_text
@@ -51,7 +52,8 @@ class PretrainResult:
         output_dir: the run folder.
         checkpoint: the final checkpoint (``last.pt``).
         metrics: flat dict of held-out metrics (``retrieval/...``, ``tag_auroc/...``,
-            ``pointing/...``, ``pointing_baseline/...``).
+            ``pointing/...``, ``pointing_baseline/...``); empty on ranks other than 0 of a
+            ``torchrun`` run (rank 0 evaluates).
         history: per-step logs (every loss term, lr, temperature) and validation rows.
         label_map: the tag vocabulary.
         train_cases, val_cases: the case dicts of the patient-level split.
@@ -129,15 +131,19 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
     from mosmoskit.device import resolve_device, seed_everything
     from mosmoskit.training import Trainer, TrainerConfig
 
-    out = _prepare_folder(config)
-    seed_everything(config.seed)
-    label_map = load_label_map(config.label_map)
-    _, split = prepare_pretraining_data(
-        config.dataset, out, label_map, config.spatial_dims, config.val_fraction, config.seed,
-        phantom_cases=config.phantom_cases, phantom_slices_per_case=config.phantom_slices_per_case,
-        progress=progress,
-    )
-    atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
+    main = distributed.is_main_process()
+    # Under torchrun: rank 0 prepares the folder and generates the phantoms, the others then read them.
+    with distributed.main_process_first():
+        out = _prepare_folder(config) if main else Path(config.output_dir)
+        seed_everything(config.seed)
+        label_map = load_label_map(config.label_map)
+        _, split = prepare_pretraining_data(
+            config.dataset, out, label_map, config.spatial_dims, config.val_fraction, config.seed,
+            phantom_cases=config.phantom_cases, phantom_slices_per_case=config.phantom_slices_per_case,
+            progress=progress and main,
+        )
+    if main:
+        atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
     label_map.save(out / "label_map.json")
     common = dict(label_map=label_map, image_size=config.image_size, window=config.window, progress=progress)
     train_ds = ImageReportDataset(split["train"], max_shift=config.max_shift, seed=config.seed, **common)
@@ -188,10 +194,12 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
     start = time.perf_counter()
     fit = trainer.fit()
     seconds = time.perf_counter() - start
-    metrics = dict(task.validate(val_loader))
-    metrics.update({"train/steps": int(fit.step), "train/seconds": round(seconds, 1),
-                    "data/train_pairs": len(train_ds), "data/val_pairs": len(val_ds)})
-    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
+    metrics: dict[str, Any] = {}
+    if main:  # rank 0 evaluates and writes; the other processes return the training outcome only
+        metrics = dict(task.validate(val_loader))
+        metrics.update({"train/steps": int(fit.step), "train/seconds": round(seconds, 1),
+                        "data/train_pairs": len(train_ds), "data/val_pairs": len(val_ds)})
+        atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
     return PretrainResult(
         output_dir=out, checkpoint=Path(fit.last_checkpoint), metrics=metrics, history=list(fit.history),
         label_map=label_map, train_cases=split["train"], val_cases=split["val"], seconds=seconds,
