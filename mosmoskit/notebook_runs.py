@@ -94,6 +94,8 @@ NOTEBOOKS: tuple[NotebookStage, ...] = (
     NotebookStage("04", "04_mask_inspection.ipynb", "04_inspect"),
 )
 _BY_KEY = {s.key: s for s in NOTEBOOKS}
+# Parameters that may name a file or folder (a relative one is read from where the runner started).
+_PATH_PARAMETERS = ("dataset", "label_map", "pretrained_checkpoint", "checkpoint", "scan", "output_dir")
 # Which parameter of a notebook receives which upstream notebook's checkpoint.
 _LINKS = {"03": ("pretrained_checkpoint", "02"), "04": ("checkpoint", "03")}
 
@@ -187,6 +189,25 @@ def _resolve_parameters(
 
 
 # ------------------------------------------------------------------------------------ one pipeline
+def _absolute_paths(per: Mapping[str, dict[str, Any]], cwd: Path | None = None) -> None:
+    """Make relative paths in the parameters absolute against ``cwd`` (default: the current folder).
+
+    The notebooks run with ``notebooks/`` as their working directory, so ``data/btcv`` given on the
+    command line would be looked for there. A value is taken for a path when the parameter can hold
+    one and it exists relative to ``cwd`` (``"phantom"`` and ``"btcv"`` stay names); an
+    ``output_dir`` is always a path.
+    """
+    base = Path.cwd() if cwd is None else Path(cwd)
+    for values in per.values():
+        for name in _PATH_PARAMETERS:
+            value = values.get(name)
+            if not isinstance(value, str) or not value or Path(value).is_absolute():
+                continue
+            if name == "output_dir" or (base / value).exists():
+                values[name] = str((base / value).resolve())
+
+
+
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -277,6 +298,7 @@ def run_pipeline(
     declared = _declared(folder, selected)
     per = _resolve_parameters(dict(parameters or {}), selected, declared)
 
+    _absolute_paths(per)
     # Wire each notebook's output folder and the checkpoints downstream (unless set explicitly).
     dirs = {s.key: Path(stage_dirs[s.key]) if stage_dirs and s.key in stage_dirs else run_dir / s.folder
             for s in selected}
@@ -293,7 +315,10 @@ def run_pipeline(
     previous = _read_state(run_dir)
     if previous is None and run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise ValueError(f"{run_dir} is not empty and holds no {STATE_FILE}: choose a new folder or pass overwrite")
-    if previous is not None and previous.get("settings") != settings and not overwrite:
+    finished_before = previous is not None and any(
+        e.get("status") == "ok" for e in previous.get("notebooks", {}).values())
+    # A folder whose earlier run finished nothing holds nothing to lose: it is run again with the new settings.
+    if previous is not None and previous.get("settings") != settings and not overwrite and finished_before:
         changed = sorted(k for k in set(per) | set(previous.get("settings", {}).get("parameters", {}))
                          if per.get(k) != previous.get("settings", {}).get("parameters", {}).get(k))
         raise ValueError(

@@ -60,6 +60,19 @@ def test_expand_sweep_makes_one_run_per_grid_point():
         expand_sweep({"parameters": {"03.seed": 1}, "grid": {"03.seed": [1, 2]}})
 
 
+def test_relative_paths_are_read_from_where_the_runner_started(tmp_path):
+    from mosmoskit.notebook_runs import _absolute_paths
+
+    (tmp_path / "data" / "btcv").mkdir(parents=True)
+    per = {"03": {"dataset": "data/btcv", "label_map": "btcv", "output_dir": "runs/x", "max_steps": 5},
+           "02": {"dataset": "phantom", "pretrained_checkpoint": "", "text_encoder": "tiny"}}
+    _absolute_paths(per, cwd=tmp_path)
+    assert per["03"]["dataset"] == str((tmp_path / "data" / "btcv").resolve())
+    assert per["03"]["output_dir"] == str((tmp_path / "runs" / "x").resolve())
+    assert per["03"]["label_map"] == "btcv" and per["02"]["dataset"] == "phantom"  # names, not files here
+    assert per["02"]["pretrained_checkpoint"] == "" and per["03"]["max_steps"] == 5
+
+
 def test_named_bundles_change_parameters_together_and_may_skip_notebooks(tmp_path):
     spec = {"stages": ["02", "03"], "parameters": {"03.max_steps": 5},
             "grid": {"setting": {"random": {"stages": ["03"], "03.init_encoder": False},

@@ -229,7 +229,9 @@ def segmenter_options(config: FinetuneConfig) -> dict[str, Any]:
     not divisible by 4).
     """
     options: dict[str, Any] = {}
-    w = config.encoder_width
+    # With a checkpoint the encoder's width is the checkpoint's (read_pretrained checked that an
+    # explicit encoder_width equals it), so only the decoder width is an option.
+    w = 0 if config.pretrained_checkpoint else config.encoder_width
     if w and config.spatial_dims == 2:
         options["features"] = (w, w, 2 * w, 4 * w, 8 * w, w)
     elif w:
