@@ -21,10 +21,19 @@ from mosmoskit.evaluation.retrieval import mean_finite, retrieval_metrics, tag_a
 from mosmoskit.labels import LabelMap
 from mosmoskit.models.tag_head import upsample_maps
 
-__all__ = ["LARGE_ORGANS", "evaluate_pretraining", "fixed_position_baseline"]
+__all__ = ["LARGE_ORGANS", "evaluate_pretraining", "fixed_position_baseline", "large_organs"]
 
-#: the organs the pointing game is judged on (issue: liver, spleen, kidneys, stomach)
+#: the organs the pointing game is judged on (issue: liver, spleen, kidneys, stomach), by canonical name
 LARGE_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach")
+
+
+def large_organs(label_map: LabelMap) -> tuple[str, ...]:
+    """The names ``label_map`` gives the :data:`LARGE_ORGANS` (AMOS calls the left kidney
+    ``left_kidney``): matched through :func:`mosmoskit.labels.canonical_name`, absent ones left out."""
+    from mosmoskit.labels import canonical_name
+
+    wanted = set(LARGE_ORGANS)
+    return tuple(n for n in label_map.foreground_names if canonical_name(n) in wanted)
 
 
 def fixed_position_baseline(labels: Sequence[np.ndarray], label_map: LabelMap) -> np.ndarray:
@@ -108,14 +117,15 @@ def evaluate_pretraining(
         rates = tally.rates()
         metrics.update({f"pointing/{k}": v for k, v in rates.items()})
         metrics["pointing/mean"] = mean_finite(rates)
-        metrics["pointing/mean_large_organs"] = mean_finite({k: rates[k] for k in LARGE_ORGANS if k in rates})
+        large = large_organs(label_map)
+        metrics["pointing/mean_large_organs"] = mean_finite({k: rates[k] for k in large if k in rates})
         near = near_tally.rates()
         metrics.update({f"pointing_within_cell/{k}": v for k, v in near.items()})
-        metrics["pointing_within_cell/mean_large_organs"] = mean_finite({k: near[k] for k in LARGE_ORGANS if k in near})
+        metrics["pointing_within_cell/mean_large_organs"] = mean_finite({k: near[k] for k in large if k in near})
         if baseline_maps is not None:
             base = base_tally.rates()
             metrics.update({f"pointing_baseline/{k}": v for k, v in base.items()})
             metrics["pointing_baseline/mean_large_organs"] = mean_finite(
-                {k: base[k] for k in LARGE_ORGANS if k in base}
+                {k: base[k] for k in large if k in base}
             )
     return metrics
