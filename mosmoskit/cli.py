@@ -14,7 +14,7 @@ import sys
 from mosmoskit import __version__
 
 # Order is the order shown by --help.
-COMMANDS = ["phantoms", "summarize", "pretrain", "finetune", "predict", "run-notebooks", "demo"]
+COMMANDS = ["phantoms", "convert", "summarize", "pretrain", "finetune", "predict", "run-notebooks", "demo", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:
