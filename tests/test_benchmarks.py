@@ -52,7 +52,7 @@ def _run(args: list[str], tmp_path: Path, timeout: float) -> subprocess.Complete
 
 def test_select_cases_by_pattern_and_unknown_pattern_raises():
     assert [c.name for c in select_cases(["finetune/*"])] == [
-        "finetune/unetr_plain", "finetune/mosmos_decoder", "finetune/mosmos_input"]
+        "finetune/unetr_plain", "finetune/mosmos_decoder_shared", "finetune/mosmos_decoder", "finetune/mosmos_input"]
     assert len(select_cases(None)) == len(CASES)
     with pytest.raises(ValueError, match="match no benchmark case"):
         select_cases(["finetune/nope"])
@@ -81,12 +81,13 @@ def test_bench_config_validates_sizes():
 
 
 def test_segmenters_differ_from_plain_unetr_by_exactly_the_map_branch():
-    """Decoder fusion adds the tag head and K input channels of the 1x1 head, nothing else: the
-    shared ViT is not duplicated (the waste the benchmark is meant to catch)."""
+    """Shared decoder fusion adds the tag head and K input channels of the 1x1 head, nothing else (the
+    ViT is not duplicated); the default decoder fusion adds exactly one frozen ViT copy on top."""
     label_map = load_label_map(SMALL.label_map)
     k, classes = len(label_map.foreground_names), label_map.num_classes
     torch.manual_seed(0)
     plain = build_benchmark_segmenter(SMALL, "none")
+    shared = build_benchmark_segmenter(SMALL, "decoder-shared")
     decoder = build_benchmark_segmenter(SMALL, "decoder")
     head = TagHead(num_tags=k, feature_dim=SMALL.hidden_size, embed_dim=SMALL.tag_head_dim,
                    num_heads=SMALL.tag_head_heads, readout="evidence")
@@ -94,9 +95,10 @@ def test_segmenters_differ_from_plain_unetr_by_exactly_the_map_branch():
     def count(m):
         return sum(p.numel() for p in m.parameters())
 
-    assert count(decoder) - count(plain) == count(head) + k * classes
+    assert count(shared) - count(plain) == count(head) + k * classes
+    assert count(decoder) - count(shared) == count(plain.vit)
     x = torch.rand(1, 1, *SMALL.roi_size)
-    for model in (plain, decoder, build_benchmark_segmenter(SMALL, "input")):
+    for model in (plain, shared, decoder, build_benchmark_segmenter(SMALL, "input")):
         with torch.no_grad():
             assert model.eval()(x).shape == (1, classes, *SMALL.roi_size)
     with pytest.raises(ValueError, match="fusion must be"):
@@ -121,7 +123,7 @@ def _row(case, median, peak, **extra):
 def test_ratios_and_table_from_hand_made_rows():
     rows = [
         _row("finetune/unetr_plain", 1.0, 100.0),
-        _row("finetune/mosmos_decoder", 1.2, 110.0),
+        _row("finetune/mosmos_decoder_shared", 1.2, 110.0),
         _row("finetune/mosmos_input", 1.5, 150.0),
         _row("data/disk", 0.1, 50.0, samples_per_s=10.0, wait_fraction=0.3),
         _row("data/cache", 0.02, 80.0, samples_per_s=50.0, wait_fraction=0.05, volumes=4, crops_per_volume=2,
@@ -140,7 +142,7 @@ def test_ratios_and_table_from_hand_made_rows():
               "device": "cpu", "amp": None, "size": "small", "config": {"phantom_shape": [8, 8, 8]},
               "timing_method": "t", "memory_method": "m", "rows": rows}
     table = format_table(result)
-    assert "finetune/mosmos_decoder" in table and "<= 1.15: MISSED" in table
+    assert "finetune/mosmos_decoder_shared" in table and "<= 1.15: MISSED" in table
     assert "1.20 (1.20-1.20)" in table
     assert "50.0 crops/s" in table and "(< 10%: met)" in table
 
@@ -176,7 +178,8 @@ def test_small_benchmark_runs_and_fills_every_row(tmp_path):
         for name in ("finetune/mosmos_decoder", "inference/mosmos_input"):
             assert math.isfinite(rows[name]["memory_ratio"]), name
     # 96 x 96 x 48 in 32^3 windows at 25% overlap: a 24-voxel stride gives 4 x 4 x 2 windows.
-    for name in ("inference/unetr_plain", "inference/mosmos_decoder", "inference/mosmos_input"):
+    for name in ("inference/unetr_plain", "inference/mosmos_decoder_shared", "inference/mosmos_decoder",
+                 "inference/mosmos_input"):
         assert rows[name]["windows"] == 4 * 4 * 2
         assert rows[name]["output_shape"] == [1, 14, 96, 96, 48]
         assert rows[name]["output_device"] == "cpu" and rows[name]["output_sum_finite"]
