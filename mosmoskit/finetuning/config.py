@@ -92,7 +92,8 @@ class FinetuneConfig:
         share_encoder: decoder fusion with a pre-trained encoder: compute the maps from the
             segmenter's own (fine-tuned) encoder instead of a frozen copy of the pre-trained one.
             Saves one encoder pass per step, but the frozen tag head then reads drifting
-            features; off by default (see docs/results.md).
+            features; off by default (a two-seed pilot scored 1.2-1.4 Dice points lower with it:
+            README, evidence study).
         encoder_width: without a pre-trained checkpoint, the network width: BasicUNet's first
             level (features w, w, 2w, 4w, 8w, w) or UNETR's ViT hidden size (MLP 2w, 4 heads);
             0 = MONAI's defaults. With a checkpoint the encoder comes from its config: leave 0 or give
