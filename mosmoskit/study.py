@@ -225,6 +225,12 @@ def _f(value: float, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _points(fraction: float) -> str:
+    """A Dice difference in signed points (0.047 -> "+4.7"); never "-0.0"."""
+    value = round(fraction * 100, 1)
+    return "0.0" if value == 0 else f"{value:+.1f}"
+
+
 def _pm(pair: tuple[float, float], digits: int = 3) -> str:
     mean, std = pair
     if math.isnan(mean):
@@ -294,7 +300,8 @@ def _machine() -> str:
 
 
 def study_markdown(spec: Mapping[str, Any], spec_file: str | Path, plans: Sequence[PlannedRun],
-                   results: Sequence[RunResult], axes: StudyAxes, command: str, figure: str | None) -> str:
+                   results: Sequence[RunResult], axes: StudyAxes, command: str, figure: str | None,
+                   sweep_dir: str | Path = "runs/study") -> str:
     """The results page (Markdown) for a study: headline, tables, figure, protocol card."""
     agg = aggregate(results)
     grid = dict(spec.get("grid") or {})
@@ -304,7 +311,9 @@ def study_markdown(spec: Mapping[str, Any], spec_file: str | Path, plans: Sequen
     gains = paired_gains(results, axes.baseline, axes.method)
     n_done, n_all = len(results), len(plans)
     lines = [GENERATED_MARKER, "", f"# Results: {spec.get('description', Path(spec_file).stem)}", ""]
-    lines += [f"Produced by `{command}` from `{Path(spec_file).as_posix()}`; {n_done} of {n_all} runs finished"
+    lines += [f"Runs: `python -m mosmoskit study --spec {Path(spec_file).as_posix()} --out {Path(sweep_dir).as_posix()}` "
+              f"(resumable; `--where` splits it over processes). This page: `{command}`, from the run folders; "
+              f"{n_done} of {n_all} runs finished"
               + ("." if n_done == n_all else " (**incomplete**: the numbers below cover the finished runs only)."), ""]
     if not results:
         return "\n".join(lines + ["No run has finished yet.", ""])
@@ -318,10 +327,10 @@ def study_markdown(spec: Mapping[str, Any], spec_file: str | Path, plans: Sequen
             lines.append(f"- **{network}**: no paired runs of {axes.method} and {axes.baseline} at fraction {smallest:g}.")
             continue
         labelled = _labelled_patients(results, network, smallest)
-        seeds = ", ".join(f"{s}: {v * 100:+.1f}" for s, v in g["per_seed"].items())
+        seeds = ", ".join(f"{s}: {_points(v)}" for s, v in g["per_seed"].items())
         lines.append(
             f"- **{network}**, label fraction {smallest:g} ({labelled} labelled patients): {axes.method} − "
-            f"{axes.baseline} = **{g['gain'] * 100:+.1f} Dice points** (mean over {g['n']} seeds, std "
+            f"{axes.baseline} = **{_points(g['gain'])} Dice points** (mean over {g['n']} seeds, std "
             f"{_f(g['std'] * 100, 1)}; per seed {seeds})."
         )
     lines += ["", "Gain of each setting over the baseline at the smallest fraction (Dice points, paired by seed, "
@@ -333,8 +342,8 @@ def study_markdown(spec: Mapping[str, Any], spec_file: str | Path, plans: Sequen
             if setting == axes.baseline:
                 continue
             g = paired_gains(results, axes.baseline, setting).get((network, smallest))
-            cells.append("-" if g is None else (f"{g['gain'] * 100:+.1f}" + ("" if math.isnan(g["std"]) else
-                                                                             f" ± {g['std'] * 100:.1f}")))
+            cells.append("-" if g is None else (_points(g["gain"]) + ("" if math.isnan(g["std"]) else
+                                                                     f" ± {g['std'] * 100:.1f}")))
         lines.append(f"| {network} | " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -441,7 +450,7 @@ def write_study_report(spec_file: str | Path, sweep_dir: str | Path, results_doc
         image = results_doc.parent / "images" / f"{results_doc.stem}_dice_vs_fraction.png"
         plot_study(aggregate(results), image, [str(s) for s in (grid.get(axes.setting) or {})])
         figure = image.relative_to(results_doc.parent).as_posix()
-    text = study_markdown(spec, spec_file, plans, results, axes, command, figure)
+    text = study_markdown(spec, spec_file, plans, results, axes, command, figure, sweep_dir)
     results_doc.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results_doc, text)
     return results_doc

@@ -50,6 +50,12 @@ def test_paired_gains_pair_runs_by_seed_and_skip_unpaired_seeds():
     assert g["gain"] == pytest.approx(0.07) and g["std"] == pytest.approx(math.sqrt(2 * 0.03 ** 2))
 
 
+def test_gains_are_written_as_signed_points_without_negative_zero():
+    from mosmoskit.study import _points
+
+    assert [_points(v) for v in (0.047, -0.0004, 0.0, -0.016, 0.00049)] == ["+4.7", "0.0", "0.0", "-1.6", "0.0"]
+
+
 def test_study_axes_are_checked_against_the_grid():
     spec = yaml.safe_load(STUDY.read_text())
     axes = StudyAxes.from_spec(spec)
@@ -148,4 +154,4 @@ def test_tiny_study_runs_resumes_and_writes_its_page(tmp_path, capsys):
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ipynb")}
     assert cli.main(["study", "--spec", str(path), "--out", str(out), "--results", str(page)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ipynb")} == stamp
-    assert page.read_text().split("\n", 4)[4] == text.split("\n", 4)[4]
+    assert page.read_text().split("\n", 5)[5] == text.split("\n", 5)[5]  # all but the line with the command
