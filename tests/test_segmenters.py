@@ -296,13 +296,15 @@ def test_load_report_parts_per_variant(pretrained, dims):
         ("input", False): ["map encoder", "tag head"],
         ("input", True): ["segmenter encoder", "map encoder", "tag head"],
         ("decoder", False): ["map encoder", "tag head"],
-        ("decoder", True): ["segmenter encoder", "tag head"],
+        ("decoder", True): ["segmenter encoder", "map encoder", "tag head"],  # a frozen copy makes the maps
+        ("decoder", "shared"): ["segmenter encoder", "tag head"],
     }
     for (fusion, init), names in expected.items():
-        model, report = _build(pretrained, dims, fusion, init_encoder=init)
+        shared = init == "shared"
+        model, report = _build(pretrained, dims, fusion, init_encoder=bool(init), share_encoder=shared)
         assert isinstance(report, LoadReport)
         assert [p.name for p in report.parts] == names, (fusion, init)
-        assert report.shares_encoder == (fusion == "decoder" and init) == model.shares_encoder
+        assert report.shares_encoder == shared == model.shares_encoder
         assert (model.map_encoder is not None) == (fusion != "none" and not report.shares_encoder)
         assert report.to_dict()["parts"] == [
             {"name": p.name, "source": p.source, "tensors": p.tensors, "parameters": p.parameters,
@@ -319,7 +321,7 @@ def test_load_report_parts_per_variant(pretrained, dims):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_decoder_fusion_runs_the_encoder_once_and_reuses_it_for_the_maps(pretrained, dims):
     pretrain_model, _, _ = pretrained[dims]
-    model, _ = _build(pretrained, dims, "decoder", init_encoder=True)
+    model, _ = _build(pretrained, dims, "decoder", init_encoder=True, share_encoder=True)
     model.eval()
     calls = []
     watched = model.net.vit if dims == 3 else model.net.down_4
@@ -507,3 +509,47 @@ def test_segmenter_constructor_checks(pretrained):
     wrong_head = TagHead(num_tags=K, feature_dim=16, embed_dim=16)
     with pytest.raises(ValueError, match=r"tag head reads 16-channel features but encoder level down_2 has 8"):
         MosmosSegmenter(net, "decoder", wrong_head, tag_feature_level=2)
+
+
+def test_default_decoder_fusion_keeps_the_maps_of_the_pretrained_encoder_while_the_segmenter_changes(pretrained):
+    """share_encoder=False (default): the maps come from a frozen copy, so fine-tuning the segmenter's
+    encoder does not move them; with the shared encoder the same change moves them."""
+    x = _image(3)
+    for share, moves in ((False, False), (True, True)):
+        model, report = _build(pretrained, 3, "decoder", init_encoder=True, share_encoder=share)
+        assert report.shares_encoder is share
+        before = model.attention_maps(x).maps
+        with torch.no_grad():
+            for p in model.net.vit.parameters():
+                p.add_(0.05 * torch.randn_like(p))  # what fine-tuning does to the segmenter's encoder
+        after = model.attention_maps(x).maps
+        assert (not torch.allclose(before, after, atol=1e-6)) is moves, share
+
+
+@pytest.mark.parametrize("fusion", ["none", "decoder"])
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(pretrained, fusion):
+    from unittest import mock
+
+    import torch.utils.checkpoint as ckpt
+
+    plain, _ = _build(pretrained, 3, fusion, init_encoder=True)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing = True
+    x = _image(3)
+    outputs, grads = [], []
+    for model in (plain, checkpointed):
+        model.train()
+        with mock.patch.object(ckpt, "checkpoint", wraps=ckpt.checkpoint) as spy:
+            out = model(x)
+        out.square().mean().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        calls = spy.call_count
+    assert calls == len(checkpointed.net.vit.blocks)  # every block of the checkpointed model, none of the plain
+    torch.testing.assert_close(outputs[0], outputs[1])
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7, msg=name)
+    with torch.no_grad():  # evaluation never checkpoints
+        checkpointed.eval()
+        torch.testing.assert_close(checkpointed(x), plain.eval()(x))

@@ -94,6 +94,9 @@ class FinetuneConfig:
             Saves one encoder pass per step, but the frozen tag head then reads drifting
             features; off by default (a two-seed pilot scored 1.2-1.4 Dice points lower with it:
             README, evidence study).
+        gradient_checkpointing: UNETR: recompute each ViT block's activations in the backward
+            pass instead of keeping them (less GPU memory for a larger batch or crop, about one
+            more ViT forward per step); same results. Ignored in 2D.
         encoder_width: without a pre-trained checkpoint, the network width: BasicUNet's first
             level (features w, w, 2w, 4w, 8w, w) or UNETR's ViT hidden size (MLP 2w, 4 heads);
             0 = MONAI's defaults. With a checkpoint the encoder comes from its config: leave 0 or give
@@ -162,6 +165,7 @@ class FinetuneConfig:
     init_encoder: bool = True
     tune_tag_head: bool = False
     share_encoder: bool = False
+    gradient_checkpointing: bool = False
     encoder_width: int = 0
     decoder_width: int = 0
 

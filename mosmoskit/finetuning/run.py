@@ -258,7 +258,7 @@ def _build_model(
         config.spatial_dims, label_map, config.roi_size, fusion=config.fusion,
         pretrained_checkpoint_state=state, pretrain_config=pretrain_config,
         init_encoder=has_pretraining and config.init_encoder, tune_tag_head=config.tune_tag_head,
-        share_encoder=config.share_encoder,
+        share_encoder=config.share_encoder, gradient_checkpointing=config.gradient_checkpointing,
         pretrain_label_map=pretrain_label_map, segmenter_options=segmenter_options(config) or None,
         architecture_only=architecture_only and has_pretraining and config.uses_pretrained,
         text_dim=text_dim if architecture_only else None,

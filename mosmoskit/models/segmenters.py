@@ -406,6 +406,9 @@ class MosmosSegmenter(nn.Module):
         if map_normalize not in MAP_NORMALIZATIONS:
             raise ValueError(f"map_normalize must be one of {list(MAP_NORMALIZATIONS)}, got {map_normalize!r}")
         self.is_unetr = isinstance(net, UNETR)
+        #: UNETR: run the ViT blocks under activation checkpointing while training (less memory,
+        #: about one more ViT forward per step); set by ``build_segmenter(gradient_checkpointing=...)``.
+        self.gradient_checkpointing = False
         first_conv = _convs(net)[0]  # the ViT patch embedding / BasicUNet's conv_0: reads the input
         self.spatial_dims = first_conv.weight.ndim - 2
         net_in = first_conv.in_channels
@@ -540,6 +543,8 @@ class MosmosSegmenter(nn.Module):
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """UNETR: (tokens, *block outputs); BasicUNet: the five encoder levels."""
+        if self.is_unetr and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._encode_vit_checkpointed(x)
         if self.is_unetr:
             tokens, hidden = self.net.vit(x)
             return (tokens, *hidden)
@@ -547,6 +552,25 @@ class MosmosSegmenter(nn.Module):
         for name in BASIC_UNET_LEVELS[1:]:
             levels.append(getattr(self.net, name)(levels[-1]))
         return tuple(levels)
+
+    def _encode_vit_checkpointed(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """MONAI ViT's forward, each transformer block under activation checkpointing.
+
+        The blocks' activations (attention maps, MLP intermediates) are recomputed in the backward
+        pass instead of kept: less memory for about one more ViT forward. Block outputs are kept
+        (UNETR's decoder reads blocks 3, 6 and 9).
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        vit = self.net.vit
+        h = vit.patch_embedding(x)
+        if hasattr(vit, "cls_token"):
+            h = torch.cat((vit.cls_token.expand(h.shape[0], -1, -1), h), dim=1)
+        hidden = []
+        for block in vit.blocks:
+            h = checkpoint(block, h, use_reentrant=False)
+            hidden.append(h)
+        return (vit.norm(h), *hidden)
 
     def _decode(self, x: torch.Tensor, encoded: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The last decoder features, the input of the 1x1 output head (as in MONAI's forward)."""
@@ -657,6 +681,7 @@ def build_segmenter(
     architecture_only: bool = False,
     text_dim: int | None = None,
     share_encoder: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> tuple[MosmosSegmenter, LoadReport]:
     """Build a fine-tuning segmenter (any baseline or MOSMOS variant) and load what it needs.
 
@@ -679,6 +704,8 @@ def build_segmenter(
             pre-trained encoder. Faster, but the maps drift as fine-tuning changes the encoder
             under the frozen head (a two-seed phantom pilot scored 1.2-1.4 Dice points lower), so the
             default is the frozen copy.
+        gradient_checkpointing: UNETR: checkpoint the ViT blocks while training (memory for
+            compute); the outputs are the same. Ignored by the 2D U-Net.
         tune_tag_head: train the map branch; otherwise it is frozen (see ``MosmosSegmenter``).
         in_channels: image channels C; must equal the pre-trained encoder's.
         pretrain_label_map: the pre-training label map (``checkpoint["label_map"]``), to check tag
@@ -837,6 +864,7 @@ def build_segmenter(
         scale_by_probability=scale_by_probability,
         **tag_kwargs,
     )
+    model.gradient_checkpointing = bool(gradient_checkpointing)
     report = LoadReport(
         fusion=fusion, init_encoder=bool(init_encoder), tune_tag_head=bool(tune_tag_head), shares_encoder=shares,
         parts=tuple(parts), num_tags=model.num_tags,
