@@ -31,8 +31,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["cleanup", "gather_with_grad", "init_from_env", "is_distributed", "is_main_process", "main_process_first",
-           "rank",
-           "world_size"]
+           "process_group_from_env", "rank", "world_size"]
 
 # What torchrun (and torch.distributed.launch, accelerate, SLURM wrappers that mimic it) exports to
 # every process besides WORLD_SIZE; init_process_group("env://") reads them.
@@ -79,6 +78,20 @@ def main_process_first() -> Iterator[None]:
     finally:
         if is_distributed() and is_main_process():
             dist.barrier()
+
+
+@contextlib.contextmanager
+def process_group_from_env(device: str = "auto") -> Iterator[bool]:
+    """``init_from_env`` on entry and ``cleanup`` on exit (only if this call joined a group).
+
+    What a command that may run under ``torchrun`` wraps its work in; yields whether it joined one.
+    """
+    started = init_from_env(device)
+    try:
+        yield started
+    finally:
+        if started:
+            cleanup()
 
 
 def init_from_env(device: str = "auto") -> bool:

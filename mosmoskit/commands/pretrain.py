@@ -39,16 +39,12 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit status (0).
     """
-    from mosmoskit.distributed import cleanup, init_from_env
+    from mosmoskit.distributed import process_group_from_env
 
     config = config_from_args(PretrainConfig, args)
     # Under torchrun: join the process group and take this process's GPU before anything touches CUDA.
-    started = init_from_env(config.device)
-    try:
+    with process_group_from_env(config.device):
         return _run(config)
-    finally:
-        if started:
-            cleanup()
 
 
 def _run(config: PretrainConfig) -> int:
