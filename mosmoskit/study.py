@@ -427,6 +427,13 @@ def _protocol_card(spec: Mapping[str, Any], plans: Sequence[PlannedRun], results
 
 
 # ------------------------------------------------------------------------------------ running
+def _check_page_is_ours(results_doc: Path) -> None:
+    """Refuse to replace a file the runner did not write (it has no marker line)."""
+    if results_doc.is_file() and GENERATED_MARKER not in results_doc.read_text(encoding="utf-8"):
+        raise FileExistsError(f"{results_doc} exists and was not written by the study runner: choose another "
+                              f"--results path or move the file away")
+
+
 def write_study_report(spec_file: str | Path, sweep_dir: str | Path, results_doc: str | Path,
                        command: str = "python -m mosmoskit study", overrides: Mapping[str, Any] | None = None) -> Path:
     """Write the results page and its figure from the runs on disk.
@@ -438,9 +445,7 @@ def write_study_report(spec_file: str | Path, sweep_dir: str | Path, results_doc
         ValueError: a malformed study section.
     """
     results_doc = Path(results_doc)
-    if results_doc.is_file() and GENERATED_MARKER not in results_doc.read_text(encoding="utf-8"):
-        raise FileExistsError(f"{results_doc} exists and was not written by the study runner: choose another "
-                              f"--results path or move the file away")
+    _check_page_is_ours(results_doc)
     spec, _, plans = plan_sweep(spec_file, sweep_dir, overrides)
     axes = StudyAxes.from_spec(spec, str(spec_file))
     results = collect_results(sweep_dir, plans, axes)
@@ -481,18 +486,15 @@ def run_study(spec_file: str | Path, sweep_dir: str | Path, results_doc: str | P
         FileExistsError: ``results_doc`` is a file the runner did not write.
     """
     spec, _, plans = plan_sweep(spec_file, sweep_dir, overrides)
-    StudyAxes.from_spec(spec, str(spec_file))
+    axes = StudyAxes.from_spec(spec, str(spec_file))  # a bad study section stops before anything runs
     results_doc = Path(results_doc) if results_doc else Path(sweep_dir) / "results.md"
-    if results_doc.is_file() and GENERATED_MARKER not in results_doc.read_text(encoding="utf-8"):
-        raise FileExistsError(f"{results_doc} exists and was not written by the study runner: choose another "
-                              f"--results path or move the file away")
+    _check_page_is_ours(results_doc)
     start = time.perf_counter()
     failed: list[str] = []
     if not report_only:
         rows = run_sweep(spec_file, sweep_dir, overrides=overrides, html=html, log=log, where=where)
         failed = [r["run"] for r in rows if str(r["status"]).startswith("failed")]
     write_study_report(spec_file, sweep_dir, results_doc, command=command, overrides=overrides)
-    axes = StudyAxes.from_spec(spec, str(spec_file))
     finished = len(collect_results(sweep_dir, plans, axes))
     return {"results_doc": str(results_doc), "finished": finished, "planned": len(plans), "failed": failed,
             "seconds": round(time.perf_counter() - start, 1)}
