@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mosmoskit.data.readers import load_image
 from mosmoskit.labels import load_label_map
 from mosmoskit.pretraining.config import PretrainConfig
 from mosmoskit.pretraining.data import ImageReportDataset, center_crop_or_pad, shift_with_padding
@@ -38,6 +39,10 @@ def tiny_config(tmp_path, **overrides) -> PretrainConfig:
         ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\)"),
         ({"batch_size": 1}, "batch_size >= 2"),
         ({"window": (300.0, 100.0)}, "low < high"),
+        ({"phantom_shape": (64, 64, 32)}, "phantom_shape must be empty or 2 positive integers"),
+        ({"phantom_shape": (64, 0)}, "phantom_shape must be empty or 2 positive integers"),
+        ({"phantom_spacing": (3.0, -1.0)}, r"phantom_spacing must be empty or 2 positive numbers \(mm\)"),
+        ({"phantom_spacing": (3.0,)}, r"phantom_spacing must be empty or 2 positive numbers \(mm\)"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -206,9 +211,14 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path):
 def test_3d_pretraining_runs_end_to_end(tmp_path):
     from mosmoskit.pretraining.run import attention_maps_from_checkpoint, run_pretraining
 
+    # The phantom grid equals the ViT input, so the network sees the whole body its report describes.
     cfg = tiny_config(tmp_path, spatial_dims=3, image_encoder="vit3d", image_size=(32, 32, 32), encoder_width=32,
-                      phantom_cases=5, batch_size=2, max_steps=2, val_every=2, checkpoint_every=2, max_shift=2)
+                      phantom_cases=5, batch_size=2, max_steps=2, val_every=2, checkpoint_every=2, max_shift=2,
+                      phantom_shape=(32, 32, 32), phantom_spacing=(12.0, 12.0, 10.0))
     result = run_pretraining(cfg, progress=False)
+    image = load_image(next((tmp_path / "run" / "data" / "imagesTr").glob("*.nii.gz")))
+    assert image.array.shape == (32, 32, 32)
+    assert np.allclose(image.spacing, (12.0, 12.0, 10.0))
     assert np.isfinite(result.metrics["retrieval/image_to_report_recall@1"])
     maps, _ = attention_maps_from_checkpoint(result.checkpoint, np.zeros((40, 36, 30), dtype=np.float32))
     assert maps.shape == (13, 40, 36, 30)

@@ -7,6 +7,8 @@ is here, so the copy stored in each checkpoint is enough to rebuild the model.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from mosmoskit.config import check_choice, check_positive
@@ -27,6 +29,10 @@ class PretrainConfig:
         phantom_cases: cohort size when ``dataset == "phantom"`` (in 2D: volumes; each gives
             ``phantom_slices_per_case`` slices).
         phantom_slices_per_case: axial slices per phantom volume in 2D.
+        phantom_shape: phantom grid in voxels (empty: the generator's default, 96x96x64 or 128x128).
+            In 3D, a grid equal to ``image_size`` lets the ViT see the whole body its report
+            describes (a centre crop of a larger grid cuts off lateral organs the report names).
+        phantom_spacing: phantom voxel size in mm (empty: the generator's default, 4x4x5 or 3x3).
         val_fraction: share of cases held out (patient-level) for retrieval/tag/localisation metrics.
         image_size: the network input grid; images are centre-cropped/padded to it.
         max_shift: random translation in voxels per axis during training (maps must follow the organ,
@@ -67,6 +73,8 @@ class PretrainConfig:
     label_map: str = "btcv"
     phantom_cases: int = 40
     phantom_slices_per_case: int = 8
+    phantom_shape: tuple[int, ...] = ()
+    phantom_spacing: tuple[float, ...] = ()
     val_fraction: float = 0.2
     image_size: tuple[int, ...] = (128, 128)
     max_shift: int = 12
@@ -121,6 +129,15 @@ class PretrainConfig:
             raise ValueError(f"unet2d downsamples 4 times: image_size {self.image_size} must be divisible by 16")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        dims = self.spatial_dims
+        if self.phantom_shape and (len(self.phantom_shape) != dims
+                                   or any(isinstance(s, bool) or int(s) != s or s < 1 for s in self.phantom_shape)):
+            raise ValueError(f"phantom_shape must be empty or {dims} positive integers for spatial_dims={dims}, "
+                             f"got {list(self.phantom_shape)}")
+        if self.phantom_spacing and (len(self.phantom_spacing) != dims
+                                     or not all(math.isfinite(float(v)) and float(v) > 0 for v in self.phantom_spacing)):
+            raise ValueError(f"phantom_spacing must be empty or {dims} positive numbers (mm) for spatial_dims={dims}, "
+                             f"got {list(self.phantom_spacing)}")
         check_choice("tag_loss", self.tag_loss, ("bce", "asl"))
         check_choice("tag_readout", self.tag_readout, ("evidence", "decoder"))
         check_choice("feature_level", self.feature_level, (0, 1, 2, 3, 4))

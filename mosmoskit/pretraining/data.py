@@ -207,6 +207,8 @@ def prepare_pretraining_data(
     phantom_cases: int = 40,
     phantom_slices_per_case: int = 8,
     progress: bool = True,
+    phantom_shape: Sequence[int] = (),
+    phantom_spacing: Sequence[float] = (),
 ) -> tuple[CaseList, dict[str, list[dict[str, Any]]]]:
     """Find (or generate) the image-report pairs and split them by patient.
 
@@ -218,6 +220,9 @@ def prepare_pretraining_data(
         spatial_dims: 2 or 3 (phantoms: slices or volumes).
         val_fraction: share of patients held out.
         seed: cohort and split seed.
+        phantom_cases, phantom_slices_per_case, phantom_shape, phantom_spacing: the generated
+            cohort (empty shape/spacing: the generator's defaults).
+        progress: show a progress bar while generating phantoms.
 
     Returns:
         The case list and ``{"train": [...], "val": [...]}`` case dicts (only cases with reports).
@@ -230,6 +235,7 @@ def prepare_pretraining_data(
         if not (root / "dataset.json").is_file():
             generate_cohort(
                 root, n=phantom_cases, seed=seed, spatial_dims=spatial_dims,
+                shape=tuple(phantom_shape) or None, spacing=tuple(phantom_spacing) or None,
                 slices_per_case=phantom_slices_per_case, progress=progress, overwrite=True,
             )
         source: str | Path = root
