@@ -16,7 +16,7 @@ pre-training per (network, pre-training setting) is shared by all its fine-tunin
 finished run is never run again (:func:`mosmoskit.notebook_runs.run_sweep`). When the runs are
 done, :func:`write_study_report` reads every run's ``metrics.json`` and writes the results page:
 the headline (gain of ``method`` over ``baseline`` at the smallest label fraction, paired by seed),
-a table of mean Dice and HD95 (mean +- std over seeds), per-organ tables, a plot of Dice against
+what each shared pre-training learned (held-out retrieval, tag AUROC, pointing game), a table of mean Dice and HD95 (mean +- std over seeds), per-organ tables, a plot of Dice against
 label fraction, and the protocol card (sizes, splits, seeds, steps, machine, time), all from the
 files on disk. The page carries a marker line; a file without it is never overwritten.
 
@@ -47,6 +47,7 @@ __all__ = [
     "aggregate",
     "collect_results",
     "paired_gains",
+    "pretraining_summaries",
     "run_study",
     "study_markdown",
     "write_study_report",
@@ -160,6 +161,74 @@ def collect_results(sweep_dir: str | Path, plans: Sequence[PlannedRun], axes: St
 
 def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
+
+
+#: Pre-training metrics the results page shows, as (metrics.json key, column title).
+PRETRAINING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("train/steps", "steps"),
+    ("n_pairs", "held-out pairs"),
+    ("retrieval/image_to_report_recall@1", "image→report R@1"),
+    ("retrieval/chance_recall@1", "chance R@1"),
+    ("tag_auroc/mean", "tag AUROC"),
+    ("pointing/mean_large_organs", "pointing game, large organs"),
+    ("pointing_baseline/mean_large_organs", "fixed-position baseline"),
+)
+
+
+def pretraining_summaries(plans: Sequence[PlannedRun], axes: StudyAxes) -> list[dict[str, Any]]:
+    """The held-out metrics of every finished pre-training the study's runs share.
+
+    A fine-tuning gain can only come from what pre-training learned, so the page shows, per shared
+    pre-training, whether its encoder retrieves reports, recognises tags and points at organs.
+
+    Returns:
+        One ``{"network", "settings": [...], "folder", "metrics": {key: value}}`` per pre-training
+        folder that holds a ``metrics.json`` (in plan order).
+
+    Raises:
+        ValueError: a ``metrics.json`` that is not valid JSON (named).
+    """
+    found: dict[Path, dict[str, Any]] = {}
+    for plan in plans:
+        folder = plan.stage_dirs.get("02")
+        if folder is None or "02" not in [s.key for s in plan.stages]:
+            continue
+        labels = plan.point.labels
+        entry = found.setdefault(folder, {"network": str(labels[axes.network]), "settings": [], "folder": folder})
+        if str(labels[axes.setting]) not in entry["settings"]:
+            entry["settings"].append(str(labels[axes.setting]))
+    out = []
+    for folder, entry in found.items():
+        metrics_file = folder / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        try:
+            record = json.loads(metrics_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{metrics_file} is not valid JSON ({err})") from err
+        out.append({**entry, "metrics": {k: record.get(k) for k, _ in PRETRAINING_COLUMNS}})
+    return out
+
+
+def _pretraining_table(plans: Sequence[PlannedRun], axes: StudyAxes) -> list[str]:
+    rows = pretraining_summaries(plans, axes)
+    if not rows:
+        return []
+    lines = ["## Did pre-training learn? (held-out image-report pairs of the pre-training cohort)", "",
+             "One row per pre-training, shared by the settings named. Tag AUROC: the tag head's organ "
+             "probabilities against the report's tags (organs with both classes among the held-out pairs); "
+             "pointing game: the attention map's peak falls inside the organ, against a map that always points "
+             "at the organ's mean position in the training masks.", "",
+             "| network | settings | " + " | ".join(title for _, title in PRETRAINING_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(PRETRAINING_COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _ in PRETRAINING_COLUMNS:
+            value = row["metrics"].get(key)
+            cells.append("-" if value is None else (f"{value:g}" if key in ("train/steps", "n_pairs")
+                                                     else _f(float(value), 2)))
+        lines.append(f"| {row['network']} | {', '.join(row['settings'])} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -346,6 +415,7 @@ def study_markdown(spec: Mapping[str, Any], spec_file: str | Path, plans: Sequen
                                                                      f" ± {g['std'] * 100:.1f}")))
         lines.append(f"| {network} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _pretraining_table(plans, axes)
 
     # main table
     lines += ["## Mean Dice and HD95 over organs (mean ± std over seeds)", "",

@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from mosmoskit import cli
-from mosmoskit.study import GENERATED_MARKER, RunResult, StudyAxes, aggregate, paired_gains, write_study_report
+from mosmoskit.study import (
+    GENERATED_MARKER,
+    RunResult,
+    StudyAxes,
+    aggregate,
+    paired_gains,
+    pretraining_summaries,
+    write_study_report,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "phantom_label_fraction.yaml"
@@ -88,6 +96,31 @@ def test_shipped_study_covers_the_question(tmp_path):
     assert by_setting["mosmos_decoder"].per_notebook["03"]["fusion"] == "decoder"
 
 
+def test_pretraining_summaries_read_each_shared_pretraining_once(tmp_path):
+    """The page's pre-training table: one row per shared pre-training folder that finished, named by the
+    settings that use it, with the numbers of its metrics.json; a broken file is named."""
+    from mosmoskit.notebook_runs import plan_sweep
+    from mosmoskit.study import _pretraining_table
+
+    spec, _, plans = plan_sweep(STUDY, tmp_path)
+    axes = StudyAxes.from_spec(spec)
+    assert pretraining_summaries(plans, axes) == []  # nothing finished: no table
+    assert _pretraining_table(plans, axes) == []
+    full = next(p for p in plans if p.point.labels["network"] == "unetr3d" and p.point.labels["setting"] == "mosmos")
+    folder = full.stage_dirs["02"]
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"train/steps": 1500, "n_pairs": 8, "tag_auroc/mean": 0.6251,
+                                                     "pointing/mean_large_organs": None}))
+    rows = pretraining_summaries(plans, axes)
+    assert len(rows) == 1 and rows[0]["network"] == "unetr3d"
+    assert rows[0]["settings"] == ["mosmos", "mosmos_input", "mosmos_decoder"]
+    row = next(line for line in _pretraining_table(plans, axes) if line.startswith("| unetr3d |"))
+    assert row.startswith("| unetr3d | mosmos, mosmos_input, mosmos_decoder | 1500 | 8 | - | - | 0.63 | - |")
+    (folder / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"metrics\.json is not valid JSON"):
+        pretraining_summaries(plans, axes)
+
+
 def test_results_page_is_never_written_over_a_hand_written_file(tmp_path):
     page = tmp_path / "results.md"
     page.write_text("# my notes\n")
@@ -149,6 +182,13 @@ def test_tiny_study_runs_resumes_and_writes_its_page(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| unet2d | random |"))
     assert f"{mean:.3f} ± {std:.3f}" in row
     assert "## Protocol card" in text and "Machine:" in text
+    # the pre-training table holds the shared pre-training's own held-out numbers
+    state = json.loads((out / "runs" / "network-unet2d_label_fraction-1.0_setting-tags_seed-0" / "pipeline.json")
+                       .read_text())
+    pretrained = json.loads((Path(state["notebooks"]["02"]["output_dir"]) / "metrics.json").read_text())
+    auroc = pretrained["tag_auroc/mean"]
+    row = next(line for line in text.splitlines() if line.startswith("| unet2d | tags |"))
+    assert ("| - |" if auroc is None else f"| {auroc:.2f} |") in row
 
     # resuming runs nothing and gives the same page (but for the command line)
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ipynb")}
