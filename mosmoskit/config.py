@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -75,6 +76,23 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` > 0 (or >= 0)."""
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def check_phantom_grid(shape: typing.Sequence[Any], spacing: typing.Sequence[Any], spatial_dims: int) -> None:
+    """Raise ``ValueError`` unless a phantom grid is empty (the generator's default) or fits ``spatial_dims``.
+
+    Args:
+        shape: voxels per axis: empty, or ``spatial_dims`` positive integers.
+        spacing: mm per axis: empty, or ``spatial_dims`` positive finite numbers.
+        spatial_dims: 2 or 3.
+    """
+    dims = spatial_dims
+    if shape and (len(shape) != dims or any(isinstance(s, bool) or int(s) != s or s < 1 for s in shape)):
+        raise ValueError(f"phantom_shape must be empty or {dims} positive integers for spatial_dims={dims}, "
+                         f"got {list(shape)}")
+    if spacing and (len(spacing) != dims or not all(math.isfinite(float(v)) and float(v) > 0 for v in spacing)):
+        raise ValueError(f"phantom_spacing must be empty or {dims} positive numbers (mm) for spatial_dims={dims}, "
+                         f"got {list(spacing)}")
 
 
 def _type_name(tp: Any) -> str:

@@ -52,7 +52,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mosmoskit.config import check_choice, config_to_dict
+from mosmoskit.config import check_choice, check_phantom_grid, config_to_dict
 from mosmoskit.data.summary import _first as _summary_first
 from mosmoskit.data.summary import _stored_values as _summary_stored_values
 from mosmoskit.labels import LabelMap, load_label_map
@@ -179,15 +179,7 @@ class ExplorationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        dims = self.spatial_dims
-        if self.phantom_shape and (len(self.phantom_shape) != dims
-                                   or any(isinstance(s, bool) or int(s) != s or s < 1 for s in self.phantom_shape)):
-            raise ValueError(f"phantom_shape must be empty or {dims} positive integers for spatial_dims={dims}, "
-                             f"got {list(self.phantom_shape)}")
-        if self.phantom_spacing and (len(self.phantom_spacing) != dims
-                                     or not all(math.isfinite(float(v)) and float(v) > 0 for v in self.phantom_spacing)):
-            raise ValueError(f"phantom_spacing must be empty or {dims} positive numbers (mm) for spatial_dims={dims}, "
-                             f"got {list(self.phantom_spacing)}")
+        check_phantom_grid(self.phantom_shape, self.phantom_spacing, self.spatial_dims)
         if (len(self.hu_range) != 2 or not all(math.isfinite(float(v)) for v in self.hu_range)
                 or not float(self.hu_range[0]) < float(self.hu_range[1])):
             raise ValueError(f"hu_range must be [low, high] with low < high (HU for CT), got {list(self.hu_range)}")

@@ -7,11 +7,9 @@ is here, so the copy stored in each checkpoint is enough to rebuild the model.
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 
-from mosmoskit.config import check_choice, check_positive
+from mosmoskit.config import check_choice, check_phantom_grid, check_positive
 
 __all__ = ["PretrainConfig"]
 
@@ -129,15 +127,7 @@ class PretrainConfig:
             raise ValueError(f"unet2d downsamples 4 times: image_size {self.image_size} must be divisible by 16")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
-        dims = self.spatial_dims
-        if self.phantom_shape and (len(self.phantom_shape) != dims
-                                   or any(isinstance(s, bool) or int(s) != s or s < 1 for s in self.phantom_shape)):
-            raise ValueError(f"phantom_shape must be empty or {dims} positive integers for spatial_dims={dims}, "
-                             f"got {list(self.phantom_shape)}")
-        if self.phantom_spacing and (len(self.phantom_spacing) != dims
-                                     or not all(math.isfinite(float(v)) and float(v) > 0 for v in self.phantom_spacing)):
-            raise ValueError(f"phantom_spacing must be empty or {dims} positive numbers (mm) for spatial_dims={dims}, "
-                             f"got {list(self.phantom_spacing)}")
+        check_phantom_grid(self.phantom_shape, self.phantom_spacing, self.spatial_dims)
         check_choice("tag_loss", self.tag_loss, ("bce", "asl"))
         check_choice("tag_readout", self.tag_readout, ("evidence", "decoder"))
         check_choice("feature_level", self.feature_level, (0, 1, 2, 3, 4))
