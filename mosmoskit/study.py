@@ -16,9 +16,10 @@ pre-training per (network, pre-training setting) is shared by all its fine-tunin
 finished run is never run again (:func:`mosmoskit.notebook_runs.run_sweep`). When the runs are
 done, :func:`write_study_report` reads every run's ``metrics.json`` and writes the results page:
 the headline (gain of ``method`` over ``baseline`` at the smallest label fraction, paired by seed),
-what each shared pre-training learned (held-out retrieval, tag AUROC, pointing game), a table of mean Dice and HD95 (mean +- std over seeds), per-organ tables, a plot of Dice against
-label fraction, and the protocol card (sizes, splits, seeds, steps, machine, time), all from the
-files on disk. The page carries a marker line; a file without it is never overwritten.
+what each shared pre-training learned (held-out retrieval, tag AUROC, pointing game), a table of
+mean Dice and HD95 (mean +- std over seeds), per-organ tables, a plot of Dice against label fraction,
+and the protocol card (sizes, splits, seeds, steps, machine, time), all from the files on disk.
+The page carries a marker line; a file without it is never overwritten.
 
 Example (the tiny study the tests run)::
 
