@@ -207,6 +207,24 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_phantom_cohort_of_other_settings_is_regenerated_not_reused(tmp_path):
+    """A run folder whose data/ holds a cohort generated with another grid (a re-run with overwrite, or new
+    phantom settings) gets the cohort its config asks for; the same settings reuse it untouched."""
+    from mosmoskit.pretraining.data import prepare_pretraining_data
+
+    def first_image(shape):
+        _, split = prepare_pretraining_data("phantom", tmp_path, BTCV, 3, 0.5, seed=0, phantom_cases=2,
+                                            phantom_shape=shape, phantom_spacing=(16.0, 16.0, 20.0), progress=False)
+        return load_image(split["train"][0]["image"])
+
+    assert first_image((24, 24, 16)).array.shape == (24, 24, 16)
+    dataset_json = tmp_path / "data" / "dataset.json"
+    stamp = dataset_json.stat().st_mtime_ns
+    assert first_image((24, 24, 16)).array.shape == (24, 24, 16)
+    assert dataset_json.stat().st_mtime_ns == stamp  # same settings: reused
+    assert first_image((32, 32, 16)).array.shape == (32, 32, 16)  # another grid: regenerated
+
+
 @pytest.mark.slow
 def test_3d_pretraining_runs_end_to_end(tmp_path):
     from mosmoskit.pretraining.run import attention_maps_from_checkpoint, run_pretraining

@@ -64,6 +64,7 @@ __all__ = [
     "make_case",
     "make_slices",
     "generate_cohort",
+    "ensure_cohort",
     "volume_affine",
     "slice_affine",
     "nifti_gz_bytes",
@@ -1566,3 +1567,46 @@ def generate_cohort(
     label_map.save(root / "label_map.json")
     atomic_write_text(root / "reports.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+def ensure_cohort(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
+    spatial_dims: int = 3,
+    slices_per_case: int = 8,
+    progress: bool = True,
+) -> Path:
+    """Reuse the cohort in ``out_dir`` if it was generated with these settings, else generate it.
+
+    The settings compared are those ``dataset.json`` records under ``generator`` (seed, number of
+    patients, grid, spacing, slices per patient) and ``spatial_dims``; anything else in the folder
+    (a cohort of other settings, a broken ``dataset.json``) is replaced, so a folder never
+    silently holds another cohort than the caller asked for.
+
+    Args:
+        out_dir, n, seed, shape, spacing, spatial_dims, slices_per_case, progress: as in
+            :func:`generate_cohort` (``None`` shape/spacing: the defaults for ``spatial_dims``).
+
+    Returns:
+        ``out_dir``.
+    """
+    three = spatial_dims == 3
+    shape = tuple(int(v) for v in (shape or (DEFAULT_SHAPE_3D if three else DEFAULT_SHAPE_2D)))
+    spacing = tuple(float(v) for v in (spacing or (DEFAULT_SPACING_3D if three else DEFAULT_SPACING_2D)))
+    wanted = {"seed": int(seed), "n_cases": int(n), "shape": list(shape), "spacing": list(spacing),
+              "slices_per_case": int(slices_per_case) if spatial_dims == 2 else None}
+    root = Path(out_dir)
+    dataset_json = root / "dataset.json"
+    if dataset_json.is_file():
+        try:
+            recorded = json.loads(dataset_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            recorded = {}
+        generator = recorded.get("generator") or {}
+        if recorded.get("spatial_dims") == spatial_dims and all(generator.get(k) == v for k, v in wanted.items()):
+            return root
+    return generate_cohort(root, n=n, seed=seed, shape=shape, spacing=spacing, spatial_dims=spatial_dims,
+                           slices_per_case=slices_per_case, progress=progress, overwrite=True)

@@ -28,7 +28,6 @@ the training loop, which keeps a resumed run exact.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,50 +124,22 @@ class FinetuneData:
 
 
 # ------------------------------------------------------------------------------------- the cohort
-def _phantom_grid(config: FinetuneConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    from mosmoskit.data import phantom
-
-    three = config.spatial_dims == 3
-    shape = config.phantom_shape or (phantom.DEFAULT_SHAPE_3D if three else phantom.DEFAULT_SHAPE_2D)
-    spacing = config.phantom_spacing or (phantom.DEFAULT_SPACING_3D if three else phantom.DEFAULT_SPACING_2D)
-    return tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
-
-
 def ensure_phantom_cohort(root: str | Path, config: FinetuneConfig, progress: bool = True) -> Path:
     """Generate the phantom cohort a config asks for into ``root``, or reuse the one already there.
 
     A cohort in ``root`` is reused only when its ``dataset.json`` records the same generator
     settings (seed, number of patients, grid, spacing, dimensions, slices per patient); otherwise
-    it is regenerated, so a folder never silently holds another cohort than the config says.
+    it is regenerated, so a folder never silently holds another cohort than the config says
+    (:func:`mosmoskit.data.phantom.ensure_cohort`).
 
     Returns:
         ``root``.
     """
-    from mosmoskit.data.phantom import generate_cohort
+    from mosmoskit.data.phantom import ensure_cohort
 
-    root = Path(root)
-    shape, spacing = _phantom_grid(config)
-    wanted = {
-        "seed": config.phantom_seed, "n_cases": config.phantom_cases, "shape": list(shape),
-        "spacing": list(spacing),
-        "slices_per_case": config.phantom_slices_per_case if config.spatial_dims == 2 else None,
-    }
-    dataset_json = root / "dataset.json"
-    if dataset_json.is_file():
-        try:
-            recorded = json.loads(dataset_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            recorded = {}
-        generator = recorded.get("generator") or {}
-        same = recorded.get("spatial_dims") == config.spatial_dims and all(
-            generator.get(k) == v for k, v in wanted.items()
-        )
-        if same:
-            return root
-    generate_cohort(root, n=config.phantom_cases, seed=config.phantom_seed, shape=shape, spacing=spacing,
-                    spatial_dims=config.spatial_dims, slices_per_case=config.phantom_slices_per_case,
-                    progress=progress, overwrite=True)
-    return root
+    return ensure_cohort(root, n=config.phantom_cases, seed=config.phantom_seed, shape=config.phantom_shape or None,
+                         spacing=config.phantom_spacing or None, spatial_dims=config.spatial_dims,
+                         slices_per_case=config.phantom_slices_per_case, progress=progress)
 
 
 def prepare_finetuning_data(config: FinetuneConfig, progress: bool = True) -> FinetuneData:

@@ -213,8 +213,8 @@ def prepare_pretraining_data(
     """Find (or generate) the image-report pairs and split them by patient.
 
     Args:
-        dataset: ``"phantom"`` (a cohort is generated into ``output_dir/data`` unless it is already
-            there), a data folder (``dataset.json`` + ``reports.jsonl``) or a CSV/JSONL manifest.
+        dataset: ``"phantom"`` (a cohort is generated into ``output_dir/data`` unless one with the
+            same settings is already there), a data folder (``dataset.json`` + ``reports.jsonl``) or a CSV/JSONL manifest.
         output_dir: the run folder.
         label_map: its foreground names are the tags.
         spatial_dims: 2 or 3 (phantoms: slices or volumes).
@@ -229,16 +229,14 @@ def prepare_pretraining_data(
     """
     label_map = load_label_map(label_map)
     if dataset == "phantom":
-        from mosmoskit.data.phantom import generate_cohort
+        from mosmoskit.data.phantom import ensure_cohort
 
-        root = Path(output_dir) / "data"
-        if not (root / "dataset.json").is_file():
-            generate_cohort(
-                root, n=phantom_cases, seed=seed, spatial_dims=spatial_dims,
-                shape=tuple(phantom_shape) or None, spacing=tuple(phantom_spacing) or None,
-                slices_per_case=phantom_slices_per_case, progress=progress, overwrite=True,
-            )
-        source: str | Path = root
+        # A cohort left in the folder by a run with other phantom settings is regenerated, not reused.
+        source: str | Path = ensure_cohort(
+            Path(output_dir) / "data", n=phantom_cases, seed=seed, shape=tuple(phantom_shape) or None,
+            spacing=tuple(phantom_spacing) or None, spatial_dims=spatial_dims,
+            slices_per_case=phantom_slices_per_case, progress=progress,
+        )
     else:
         source = Path(dataset).expanduser()
     cases = load_dataset(source, label_map=label_map if dataset != "phantom" else None)
