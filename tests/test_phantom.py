@@ -47,7 +47,7 @@ TERMS = {
     "adrenal_gland_right": r"\bright adrenal|\badrenals\b|adrenal glands|bilateral adrenalectomy",
     "adrenal_gland_left": r"\bleft adrenal|\badrenals\b|adrenal glands|bilateral adrenalectomy",
 }
-ABSENCE_CUE = r"not visualized|absent|status post|ectomy\b|not included|at this level"
+ABSENCE_CUE = r"not visualized|absent|status post|ectomy\b|not included|at this level|in the field of view|in the scanned range"
 
 
 def sentences(report: str) -> list[str]:
@@ -229,6 +229,63 @@ def test_2d_mode_writes_2d_niftis_with_slice_reports(cohort2d):
     assert zs == sorted(zs) and len(set(zs)) == 3
 
 
+def test_limited_range_scans_blank_beyond_the_cut_and_report_what_they_leave_out():
+    """Every scan limited (prob 1): nothing is imaged beyond the range, an organ with no voxel in it
+    is reported absent from the field of view, a sliver at the edge is not mentioned, the rest are
+    present; the reports read back to the generator's tags through the kit's own parser."""
+    from mosmoskit.reports import extract_tags
+
+    cfg = PhantomConfig(scan_range_prob=1.0, out_of_range_mention_prob=1.0, mention_prob=1.0)
+    zs = (np.arange(32) - 15.5) * 10.0
+    seen_out_of_range = set()
+    sides = set()
+    for index in range(6):
+        case = make_case(4, index, config=cfg, **TINY_3D)
+        lo, hi = case.scan_range_mm
+        sides.add("top" if hi > zs[-1] else "bottom")
+        outside = (zs < lo) | (zs > hi)
+        assert outside.any() and not outside.all()
+        assert (case.image[:, :, outside] == -1024).all() and (case.label[:, :, outside] == 0).all()
+        assert (case.image[:, :, ~outside] > -1000).any()  # the body is imaged inside the range
+        counts = np.bincount(case.label.ravel(), minlength=len(BTCV))
+        for organ, f in case.findings.items():
+            n = counts[BTCV.id_of(organ)]
+            assert f.present == (n > 0), (index, organ)
+            if f.absence == "out_of_range":
+                seen_out_of_range.add(organ)
+                assert case.tags[organ] == 0
+            elif f.present and n >= cfg.slice_min_pixels:
+                assert case.tags[organ] == 1
+        assert extract_tags(case.report, BTCV) == case.tags, case.report
+        check_report_matches_tags(case.report, case.tags)
+    assert sides == {"top", "bottom"}
+    assert len(seen_out_of_range) >= 3  # the point of the option: organs go missing from the image
+
+
+def test_scan_range_off_keeps_earlier_cohorts_byte_identical():
+    """With scan_range_prob 0 nothing extra is drawn: same image, label and report as the default config."""
+    a = make_case(4, 1, config=PhantomConfig(), **TINY_3D)
+    b = make_case(4, 1, config=PhantomConfig(scan_range_prob=0.0, out_of_range_mention_prob=0.2), **TINY_3D)
+    assert a.scan_range_mm is None and b.scan_range_mm is None
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label) and a.report == b.report
+
+
+def test_lesions_beyond_the_scan_range_are_not_counted():
+    from mosmoskit.data.phantom import _case_rng, _grid_axes, render
+
+    cfg = PhantomConfig(lesion_prob={o: 1.0 for o in ("liver", "kidney_right", "kidney_left", "spleen")})
+    anatomy = sample_anatomy(_case_rng(0, 0), cfg)
+    axes = _grid_axes(TINY_3D["shape"], TINY_3D["spacing"])
+    blur = [cfg.blur_mm / s for s in TINY_3D["spacing"]]
+    _, _, full = render(anatomy, *axes, blur, np.random.default_rng(0))
+    _, _, all_planes = render(anatomy, *axes, blur, np.random.default_rng(0), np.ones(32, dtype=bool))
+    upper = axes[2] > 0
+    _, label, upper_only = render(anatomy, *axes, blur, np.random.default_rng(0), upper)
+    assert all_planes == full and sum(full) > 0
+    assert all(u <= f for u, f in zip(upper_only, full)) and sum(upper_only) < sum(full)
+    assert not label[:, :, ~upper].any()
+
+
 def test_make_slices_out_of_plane_and_sliver_rules():
     cfg = PhantomConfig(out_of_plane_mention_prob=1.0, mention_prob=1.0)
     for case in make_slices(2, 0, slices_per_case=4, config=cfg, **TINY_2D):
@@ -279,6 +336,8 @@ def test_bad_parameters_raise(tmp_path, kwargs, match):
     (dict(mention_prob=-0.1), "mention_prob"),
     (dict(max_lesions=0), "max_lesions"),
     (dict(noise_hu=-1.0), "noise_hu"),
+    (dict(scan_range_prob=1.5), "scan_range_prob"),
+    (dict(out_of_range_mention_prob=-0.5), "out_of_range_mention_prob"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -336,6 +395,8 @@ def test_report_and_finding_errors():
         write_report({"brain": OrganFinding(True)}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="out_of_plane"):
         write_report({"liver": OrganFinding(False, absence="out_of_plane")}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="out_of_range"):
+        write_report({"liver": OrganFinding(False, absence="out_of_range")}, np.random.default_rng(0), scope="slice")
     with pytest.raises(ValueError, match="structured_prob"):
         ReportStyle(structured_prob=2.0)
 

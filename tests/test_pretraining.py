@@ -43,6 +43,8 @@ def tiny_config(tmp_path, **overrides) -> PretrainConfig:
         ({"phantom_shape": (64, 0)}, "phantom_shape must be empty or 2 positive integers"),
         ({"phantom_spacing": (3.0, -1.0)}, r"phantom_spacing must be empty or 2 positive numbers \(mm\)"),
         ({"phantom_spacing": (3.0,)}, r"phantom_spacing must be empty or 2 positive numbers \(mm\)"),
+        ({"phantom_scan_range_prob": 0.5}, "3D phantom volumes only"),
+        ({"phantom_scan_range_prob": 1.5}, r"phantom_scan_range_prob must be a probability in \[0, 1\]"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -223,6 +225,40 @@ def test_phantom_cohort_of_other_settings_is_regenerated_not_reused(tmp_path):
     assert first_image((24, 24, 16)).array.shape == (24, 24, 16)
     assert dataset_json.stat().st_mtime_ns == stamp  # same settings: reused
     assert first_image((32, 32, 16)).array.shape == (32, 32, 16)  # another grid: regenerated
+
+
+def test_limited_range_phantom_cohort_for_3d_pretraining(tmp_path):
+    """phantom_scan_range_prob reaches the generator (recorded in dataset.json, cohort regenerated when
+    it changes), its reports' out-of-view organs are parsed as absent, and the data summary a notebook
+    prints describes the run's own cohort instead of regenerating another one."""
+    from mosmoskit.pretraining.data import prepare_pretraining_data
+    from mosmoskit.pretraining.report import describe_pretraining_data
+
+    def pairs(prob):
+        return prepare_pretraining_data("phantom", tmp_path, BTCV, 3, 0.25, seed=0, phantom_cases=4,
+                                        phantom_shape=(24, 24, 16), phantom_spacing=(16.0, 16.0, 20.0),
+                                        phantom_scan_range_prob=prob, progress=False)[1]
+
+    dataset_json = tmp_path / "data" / "dataset.json"
+    pairs(0.0)
+    assert json.loads(dataset_json.read_text())["generator"]["config"]["scan_range_prob"] == 0.0
+    split = pairs(1.0)
+    assert json.loads(dataset_json.read_text())["generator"]["config"]["scan_range_prob"] == 1.0
+    cases = split["train"] + split["val"]
+    assert all(len(c["scan_range_mm"]) == 2 for c in cases)
+    dataset = ImageReportDataset(cases, BTCV, (24, 24, 16))
+    out_of_view = [(i, o) for i, c in enumerate(cases) for o, f in c["findings"].items()
+                   if f["absence"] == "out_of_range" and f["mentioned"]]
+    assert out_of_view, "no organ reported outside the field of view in 4 limited scans"
+    for i, organ in out_of_view:
+        assert dataset.tags[i, BTCV.foreground_names.index(organ)] == 0
+
+    stamp = dataset_json.stat().st_mtime_ns
+    cfg = tiny_config(tmp_path / "unused", spatial_dims=3, image_encoder="vit3d", image_size=(32, 32, 16),
+                      phantom_cases=4, phantom_shape=(24, 24, 16), phantom_spacing=(16.0, 16.0, 20.0),
+                      phantom_scan_range_prob=1.0, val_fraction=0.25, seed=0, output_dir=str(tmp_path))
+    assert "image-report pairs" in describe_pretraining_data(cfg, progress=False)
+    assert dataset_json.stat().st_mtime_ns == stamp  # the run's cohort, not a default-settings one
 
 
 @pytest.mark.slow

@@ -211,6 +211,14 @@ class PhantomConfig:
         slice_min_pixels: (2D) an organ with fewer pixels in a slice is not reported for it.
         out_of_plane_mention_prob: (2D) probability that an organ of the case outside the slice is
             reported as "not included at this level" (tag 0).
+        scan_range_prob: (3D) probability that a scan covers only part of the abdomen: a chest CT
+            that reaches down into the upper abdomen, or a pelvic CT that reaches up into the lower
+            abdomen (even odds), cut at a height drawn uniformly over the craniocaudal extent of the
+            solid organs. Planes beyond the cut are left unimaged (-1024 HU, label 0) and the
+            report speaks of the organs the scan leaves out. 0 (the default) gives whole-volume
+            scans and leaves every earlier cohort unchanged, byte for byte.
+        out_of_range_mention_prob: (3D) probability that an organ wholly outside a limited scan is
+            reported as "not included in the field of view" (tag 0).
         report: wording probabilities, see :class:`~mosmoskit.data.phantom_reports.ReportStyle`.
 
     Raises:
@@ -242,6 +250,8 @@ class PhantomConfig:
     blur_mm: float = 1.0
     slice_min_pixels: int = 8
     out_of_plane_mention_prob: float = 0.3
+    scan_range_prob: float = 0.0
+    out_of_range_mention_prob: float = 0.7
     report: ReportStyle = field(default_factory=ReportStyle)
 
     def __post_init__(self) -> None:
@@ -269,7 +279,8 @@ class PhantomConfig:
             for organ, p in table.items():
                 _check_prob(f"{name}[{organ!r}]", p)
             object.__setattr__(self, name, table)
-        for name in ("mention_prob", "mention_prob_abnormal", "mention_prob_absent", "out_of_plane_mention_prob"):
+        for name in ("mention_prob", "mention_prob_abnormal", "mention_prob_absent", "out_of_plane_mention_prob",
+                     "scan_range_prob", "out_of_range_mention_prob"):
             _check_prob(name, getattr(self, name))
         if self.max_lesions < 1:
             raise ValueError(f"PhantomConfig.max_lesions must be >= 1, got {self.max_lesions!r}")
@@ -1059,6 +1070,7 @@ def render(
     zs: np.ndarray,
     blur_sigma_vox: Sequence[float],
     noise_rng: np.random.Generator,
+    imaged_z: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Sample the anatomy at the voxel centres ``xs x ys x zs`` (world mm, RAS).
 
@@ -1067,10 +1079,14 @@ def render(
         xs, ys, zs: 1D increasing voxel-centre coordinates; ``zs`` of length 1 renders one plane.
         blur_sigma_vox: Gaussian blur per axis in voxels (0 along an axis = no blur).
         noise_rng: generator of the grid-dependent image noise.
+        imaged_z: boolean per plane of ``zs``; the planes marked false lie outside a limited
+            scan's range and come out as -1024 HU (what scanners write outside the field of view,
+            without noise) and label 0. ``None``: every plane is imaged.
 
     Returns:
         ``(hu, label, lesion_voxels)``: float32 HU of shape (X, Y, Z), uint8 BTCV labels of the same
-        shape, and per lesion of ``anatomy.lesions`` the number of voxels painted with its intensity.
+        shape, and per lesion of ``anatomy.lesions`` the number of imaged voxels painted with its
+        intensity.
     """
     from scipy import ndimage
 
@@ -1152,7 +1168,8 @@ def render(
             continue
         mask = (sphere.level(*canvas.at(sl)) < 1) & (label[sl] == ids[lesion.organ])
         hu[sl][mask] = f32(lesion.hu) + f32(_LESION_TEXTURE_HU) * tex["soft"][sl][mask]
-        lesion_voxels.append(int(mask.sum()))
+        seen = mask if imaged_z is None else mask & imaged_z[sl[2]][None, None, :]
+        lesion_voxels.append(int(seen.sum()))
 
     # An organ thinner than a voxel may fall between voxel centres; give it the voxel at its anchor
     # so that label presence always equals finding presence.
@@ -1177,6 +1194,10 @@ def render(
     if cfg.noise_hu > 0:
         hu += noise_rng.normal(0.0, cfg.noise_hu, size=shape).astype(f32)
     np.clip(hu, -1024.0, 3071.0, out=hu)
+    if imaged_z is not None:
+        # Blanked after blur and noise: the edge of a scan range is sharp, and nothing is measured beyond it.
+        hu[:, :, ~imaged_z] = -1024.0
+        label[:, :, ~imaged_z] = 0
     return hu, label, lesion_voxels
 
 
@@ -1235,6 +1256,8 @@ class PhantomCase:
         report: the report text.
         tags: organ -> 1 / 0 / -1.
         z_mm: the slice's craniocaudal position (2D only).
+        scan_range_mm: (low, high) craniocaudal extent of a limited-range 3D scan, in world mm;
+            ``None`` for a scan of the whole volume and for slices.
     """
 
     case_id: str
@@ -1245,6 +1268,7 @@ class PhantomCase:
     report: str
     tags: dict[str, int]
     z_mm: float | None = None
+    scan_range_mm: tuple[float, float] | None = None
 
 
 def _grid_axes(shape: Sequence[int], spacing: Sequence[float]) -> list[np.ndarray]:
@@ -1290,7 +1314,8 @@ def _visible_lesions(anatomy: Anatomy, lesion_vox: Sequence[int], organ: str, f:
 
 def _mention(rng: np.random.Generator, cfg: PhantomConfig, f: OrganFinding) -> OrganFinding:
     if not f.present:
-        p = cfg.mention_prob_absent if f.absence == "resected" else cfg.out_of_plane_mention_prob
+        p = {"resected": cfg.mention_prob_absent, "out_of_plane": cfg.out_of_plane_mention_prob,
+             "out_of_range": cfg.out_of_range_mention_prob}[str(f.absence)]
     else:
         p = cfg.mention_prob_abnormal if (f.enlarged or f.n_lesions) else cfg.mention_prob
     return dataclasses.replace(f, mentioned=bool(rng.random() < p))
@@ -1300,6 +1325,57 @@ def _case_rng(seed: int, index: int) -> np.random.Generator:
     if int(seed) < 0 or int(index) < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed!r}, index={index!r}")
     return np.random.default_rng([int(seed), int(index)])
+
+
+def _draw_scan_range(
+    rng: np.random.Generator, cfg: PhantomConfig, anatomy: Anatomy, zs: np.ndarray
+) -> tuple[float, float] | None:
+    """The craniocaudal range (mm) of a limited scan on the planes ``zs``, or ``None`` for a whole-volume scan.
+
+    Nothing is drawn when ``scan_range_prob`` is 0, so cohorts without limited scans keep the
+    random stream (and the bytes) they had before the option existed. Otherwise three numbers are
+    always drawn, limited or not, so a case's later draws do not depend on the outcome.
+    """
+    if cfg.scan_range_prob <= 0:
+        return None
+    limited = rng.random() < cfg.scan_range_prob
+    from_top = rng.random() < 0.5
+    cut = round(float(rng.uniform(*anatomy.organ_z_range())), 1)
+    if not limited:
+        return None
+    half = 0.5 * float(zs[1] - zs[0]) if len(zs) > 1 else 0.0
+    top, bottom = round(float(zs[-1]) + half, 1), round(float(zs[0]) - half, 1)
+    return (cut, top) if from_top else (bottom, cut)
+
+
+def _range_findings(
+    anatomy: Anatomy, label: np.ndarray, lesion_vox: Sequence[int], scan_range: tuple[float, float], cfg: PhantomConfig
+) -> tuple[dict[str, OrganFinding], set[str]]:
+    """Findings of a limited-range scan before the mention draw, and the organs to leave unmentioned.
+
+    An organ of the patient with no voxel in the range is absent from the image (``out_of_range``);
+    one that crosses the range's edge with fewer than ``slice_min_pixels`` voxels inside is a sliver
+    that no report would honestly call present or missing, so it is returned unmentioned and in
+    the second set (no mention draw); lesions count only if imaged.
+    """
+    ids = load_label_map(LABEL_MAP_NAME).labels
+    counts = np.bincount(label.ravel(), minlength=max(ids.values()) + 1)
+    out, slivers = {}, set()
+    for organ, f in anatomy.findings.items():
+        if not f.present:
+            out[organ] = f
+            continue
+        n = int(counts[ids[organ]])
+        lo, hi = anatomy.organs[organ].shape.bounds()
+        crosses_edge = lo[2] < scan_range[0] or hi[2] > scan_range[1]
+        if n == 0:
+            out[organ] = OrganFinding(present=False, absence="out_of_range")
+        elif n < cfg.slice_min_pixels and crosses_edge:
+            out[organ] = OrganFinding(present=True, enlarged=f.enlarged, mentioned=False)
+            slivers.add(organ)
+        else:
+            out[organ] = _visible_lesions(anatomy, lesion_vox, organ, f)
+    return out, slivers
 
 
 def make_case(
@@ -1320,7 +1396,10 @@ def make_case(
 
     Returns:
         A :class:`PhantomCase` whose label presence equals its findings' presence. ``n_lesions``
-        counts the lesions that cover at least one voxel on this grid.
+        counts the lesions that cover at least one voxel on this grid. With
+        ``config.scan_range_prob > 0`` some cases are limited-range scans (``scan_range_mm`` set):
+        organs wholly outside the range are absent from the image and, when mentioned, reported
+        as "not included in the field of view" (tag 0).
 
     Raises:
         ValueError: bad ``shape``/``spacing``, or a field of view too small to hold an organ.
@@ -1331,18 +1410,25 @@ def make_case(
     anatomy = sample_anatomy(rng, cfg)
     axes = _grid_axes(shape, spacing)
     blur = [cfg.blur_mm / s for s in spacing]
-    hu, label, lesion_vox = render(anatomy, *axes, blur, np.random.default_rng(anatomy.noise_seed))
-    findings = {}
-    for organ, f in anatomy.findings.items():
-        f = _visible_lesions(anatomy, lesion_vox, organ, f)
-        findings[organ] = _mention(rng, cfg, f)
+    scan_range = _draw_scan_range(rng, cfg, anatomy, axes[2])
+    imaged_z = None
+    if scan_range is not None:
+        imaged_z = (axes[2] >= scan_range[0]) & (axes[2] <= scan_range[1])
+        if not imaged_z.any():  # a range thinner than a slice still images its nearest plane
+            imaged_z[int(np.argmin(np.abs(axes[2] - sum(scan_range) / 2)))] = True
+    hu, label, lesion_vox = render(anatomy, *axes, blur, np.random.default_rng(anatomy.noise_seed), imaged_z)
+    if scan_range is None:
+        seen, slivers = {organ: _visible_lesions(anatomy, lesion_vox, organ, f) for organ, f in anatomy.findings.items()}, set()
+    else:
+        seen, slivers = _range_findings(anatomy, label, lesion_vox, scan_range, cfg)
+    findings = {organ: f if organ in slivers else _mention(rng, cfg, f) for organ, f in seen.items()}
     present = load_label_map(LABEL_MAP_NAME).present(label, source=f"phantom case {index}")
     for organ, f in findings.items():
         if present[organ] != f.present:  # the generator's own invariant; a failure here is a bug
             raise AssertionError(f"phantom case {index}: label presence of {organ} is {present[organ]} but finding says {f.present}")
     report = write_report(findings, rng, cfg.report, scope="volume")
     return PhantomCase(f"phantom_{index:04d}", hu, label, volume_affine(shape, spacing), findings, report,
-                       tags_from_findings(findings))
+                       tags_from_findings(findings), scan_range_mm=scan_range)
 
 
 def make_slices(
@@ -1533,6 +1619,8 @@ def generate_cohort(
             }
             if spatial_dims == 2:
                 row.update(parent_case=f"phantom_{index:04d}", slice_index=k, z_mm=case.z_mm)
+            elif case.scan_range_mm is not None:
+                row["scan_range_mm"] = list(case.scan_range_mm)
             rows.append(row)
     if overwrite:
         for sub in ("imagesTr", "labelsTr"):
@@ -1578,17 +1666,21 @@ def ensure_cohort(
     spatial_dims: int = 3,
     slices_per_case: int = 8,
     progress: bool = True,
+    config: PhantomConfig | None = None,
 ) -> Path:
     """Reuse the cohort in ``out_dir`` if it was generated with these settings, else generate it.
 
     The settings compared are those ``dataset.json`` records under ``generator`` (seed, number of
-    patients, grid, spacing, slices per patient) and ``spatial_dims``; anything else in the folder
+    patients, grid, spacing, slices per patient, generator config) and ``spatial_dims``; a recorded
+    config is read with :meth:`PhantomConfig.from_dict`, so a cohort written before a config field
+    existed still matches that field's default. Anything else in the folder
     (a cohort of other settings, a broken ``dataset.json``) is replaced, so a folder never
     silently holds another cohort than the caller asked for.
 
     Args:
-        out_dir, n, seed, shape, spacing, spatial_dims, slices_per_case, progress: as in
-            :func:`generate_cohort` (``None`` shape/spacing: the defaults for ``spatial_dims``).
+        out_dir, n, seed, shape, spacing, spatial_dims, slices_per_case, progress, config: as in
+            :func:`generate_cohort` (``None`` shape/spacing: the defaults for ``spatial_dims``;
+            ``None`` config: the defaults).
 
     Returns:
         ``out_dir``.
@@ -1596,6 +1688,7 @@ def ensure_cohort(
     three = spatial_dims == 3
     shape = tuple(int(v) for v in (shape or (DEFAULT_SHAPE_3D if three else DEFAULT_SHAPE_2D)))
     spacing = tuple(float(v) for v in (spacing or (DEFAULT_SPACING_3D if three else DEFAULT_SPACING_2D)))
+    cfg = config or PhantomConfig()
     wanted = {"seed": int(seed), "n_cases": int(n), "shape": list(shape), "spacing": list(spacing),
               "slices_per_case": int(slices_per_case) if spatial_dims == 2 else None}
     root = Path(out_dir)
@@ -1606,7 +1699,16 @@ def ensure_cohort(
         except json.JSONDecodeError:
             recorded = {}
         generator = recorded.get("generator") or {}
-        if recorded.get("spatial_dims") == spatial_dims and all(generator.get(k) == v for k, v in wanted.items()):
+        if (recorded.get("spatial_dims") == spatial_dims and all(generator.get(k) == v for k, v in wanted.items())
+                and _recorded_config(generator) == cfg):
             return root
     return generate_cohort(root, n=n, seed=seed, shape=shape, spacing=spacing, spatial_dims=spatial_dims,
-                           slices_per_case=slices_per_case, progress=progress, overwrite=True)
+                           slices_per_case=slices_per_case, progress=progress, overwrite=True, config=cfg)
+
+
+def _recorded_config(generator: Mapping[str, Any]) -> PhantomConfig | None:
+    """The generator config a ``dataset.json`` records, or ``None`` if it is missing or unreadable."""
+    try:
+        return PhantomConfig.from_dict(generator["config"])
+    except (KeyError, TypeError, ValueError):
+        return None

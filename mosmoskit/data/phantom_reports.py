@@ -16,7 +16,8 @@ variation a tag parser must cope with:
 record fixes before any text is written (:func:`tags_from_findings`):
 
 * ``1``  - mentioned as present (normal or abnormal),
-* ``0``  - mentioned as absent (surgically absent, or - in slice reports - not in this slice),
+* ``0``  - mentioned as absent (surgically absent; in slice reports not in this slice; in reports of a
+  limited-range scan outside its field of view),
 * ``-1`` - not mentioned: the organ's names, adjectives and side words do not appear in the text.
 
 All wording lives in the tables :data:`ORGAN_TEMPLATES`, :data:`PAIR_TEMPLATES`,
@@ -52,8 +53,13 @@ __all__ = [
 ]
 
 #: Why an organ is not present. ``resected``: absent from the whole case (surgery, agenesis);
-#: ``out_of_plane``: present in the case but not in this 2D slice (slice reports only).
-ABSENCE_KINDS = ("resected", "out_of_plane")
+#: ``out_of_plane``: present in the case but not in this 2D slice (slice reports only);
+#: ``out_of_range``: present in the patient but outside the craniocaudal range of a limited-range
+#: 3D scan (volume reports only).
+ABSENCE_KINDS = ("resected", "out_of_plane", "out_of_range")
+
+#: The absence kinds each report scope can state.
+_SCOPE_ABSENCES = {"volume": ("resected", "out_of_range"), "slice": ("resected", "out_of_plane")}
 
 # --------------------------------------------------------------------------------------------
 # The template table.
@@ -67,6 +73,8 @@ ABSENCE_KINDS = ("resected", "out_of_plane")
 #   lesion_many  : two or more ({count} = "two", "three", ..., {size} = the largest).
 #   resected     : absent from the case (tag 0).
 #   out_of_plane : (slice reports) present in the case but not in this slice (tag 0).
+#   out_of_range : (volume reports of a limited-range scan) outside the field of view (tag 0); not
+#                  written here but derived from out_of_plane below, so the two cannot drift.
 #   impression   : short phrases for the IMPRESSION section, keyed enlarged / lesion / resected.
 # A sentence names only its own organ: no "splenic hilum" in a pancreas sentence, no "hepatic" in
 # a vessel sentence, so an unmentioned organ never leaks into the text.
@@ -350,6 +358,19 @@ PAIR_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+#: "at this level" (one slice) becomes the extent of a limited-range volume.
+_OUT_OF_RANGE_PLACES = ("in the field of view", "in the scanned range")
+
+
+def _out_of_range_sentences(out_of_plane: Sequence[str]) -> tuple[str, ...]:
+    return tuple(s.replace("at this level", place) for s in out_of_plane for place in _OUT_OF_RANGE_PLACES)
+
+
+for _table in (ORGAN_TEMPLATES, PAIR_TEMPLATES):
+    for _row in _table.values():
+        if "out_of_plane" in _row:
+            _row["out_of_range"] = _out_of_range_sentences(_row["out_of_plane"])
+
 # Sentences about things that are not BTCV organs: they pad the report the way real reports are
 # padded, and name no organ (no "renal", "hepatic", "splenic", "gastric", ... in here).
 FILLER_SENTENCES: tuple[str, ...] = (
@@ -562,8 +583,9 @@ def write_report(
         rng: the only source of randomness (template choice, order, layout), so a seeded generator
             gives the same text every time.
         style: layout probabilities; :class:`ReportStyle` defaults when ``None``.
-        scope: ``"volume"`` for a whole scan, ``"slice"`` for one axial image (adds a header line
-            and allows ``out_of_plane`` absences).
+        scope: ``"volume"`` for a 3D scan (allows ``resected`` and ``out_of_range`` absences),
+            ``"slice"`` for one axial image (adds a header line; allows ``resected`` and
+            ``out_of_plane``).
 
     Returns:
         The report text. An organ with ``mentioned=False`` contributes no word (name, adjective or
@@ -571,19 +593,20 @@ def write_report(
         matches its tag (:func:`tags_from_findings`).
 
     Raises:
-        ValueError: an unknown organ name, an unknown ``scope``, or an ``out_of_plane`` absence in a
-            volume report.
+        ValueError: an unknown organ name, an unknown ``scope``, or an absence kind the scope cannot
+            state (``out_of_plane`` in a volume report, ``out_of_range`` in a slice report).
     """
     style = style or ReportStyle()
-    if scope not in ("volume", "slice"):
+    if scope not in _SCOPE_ABSENCES:
         raise ValueError(f"write_report: scope must be 'volume' or 'slice', got {scope!r}")
     unknown = [n for n in findings if n not in _ROWS]
     if unknown:
         raise ValueError(f"write_report: unknown organ names {unknown}; expected BTCV names {list(_ROWS)}")
-    if scope == "volume":
-        bad = [n for n, f in findings.items() if f.absence == "out_of_plane"]
-        if bad:
-            raise ValueError(f"write_report: 'out_of_plane' absence only exists in slice reports, got it for {bad}")
+    bad = {n: f.absence for n, f in findings.items() if not f.present and f.absence not in _SCOPE_ABSENCES[scope]}
+    if bad:
+        raise ValueError(
+            f"write_report: a {scope} report can state the absences {list(_SCOPE_ABSENCES[scope])}, got {bad}"
+        )
 
     # Sentence groups in reading order; a group is one organ or one merged pair.
     groups: list[list[str]] = []

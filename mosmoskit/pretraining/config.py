@@ -8,6 +8,7 @@ is here, so the copy stored in each checkpoint is enough to rebuild the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mosmoskit.config import check_choice, check_phantom_grid, check_positive
 
@@ -31,6 +32,11 @@ class PretrainConfig:
             In 3D, a grid equal to ``image_size`` lets the ViT see the whole body its report
             describes (a centre crop of a larger grid cuts off lateral organs the report names).
         phantom_spacing: phantom voxel size in mm (empty: the generator's default, 4x4x5 or 3x3).
+        phantom_scan_range_prob: (3D) share of phantom scans that cover only part of the abdomen
+            (a chest CT reaching the upper abdomen, a pelvic CT reaching the lower one); their
+            reports say which organs lie outside the field of view, which gives the organ tags of
+            whole-abdomen volumes something to learn. See
+            :attr:`mosmoskit.data.phantom.PhantomConfig.scan_range_prob`. 0: whole volumes.
         val_fraction: share of cases held out (patient-level) for retrieval/tag/localisation metrics.
         image_size: the network input grid; images are centre-cropped/padded to it.
         max_shift: random translation in voxels per axis during training (maps must follow the organ,
@@ -73,6 +79,7 @@ class PretrainConfig:
     phantom_slices_per_case: int = 8
     phantom_shape: tuple[int, ...] = ()
     phantom_spacing: tuple[float, ...] = ()
+    phantom_scan_range_prob: float = 0.0
     val_fraction: float = 0.2
     image_size: tuple[int, ...] = (128, 128)
     max_shift: int = 12
@@ -128,6 +135,11 @@ class PretrainConfig:
         if self.window[0] >= self.window[1]:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
         check_phantom_grid(self.phantom_shape, self.phantom_spacing, self.spatial_dims)
+        if not 0.0 <= float(self.phantom_scan_range_prob) <= 1.0:
+            raise ValueError(f"phantom_scan_range_prob must be a probability in [0, 1], got {self.phantom_scan_range_prob!r}")
+        if self.phantom_scan_range_prob and self.spatial_dims != 3:
+            raise ValueError("phantom_scan_range_prob applies to 3D phantom volumes only; a 2D slice report already "
+                             "names the organs outside its slice")
         check_choice("tag_loss", self.tag_loss, ("bce", "asl"))
         check_choice("tag_readout", self.tag_readout, ("evidence", "decoder"))
         check_choice("feature_level", self.feature_level, (0, 1, 2, 3, 4))
@@ -150,3 +162,13 @@ class PretrainConfig:
             raise ValueError(
                 f"tag_head_dim ({self.tag_head_dim}) must be divisible by tag_head_heads ({self.tag_head_heads})"
             )
+
+    def phantom_settings(self) -> dict[str, Any]:
+        """The phantom cohort's settings as keyword arguments of
+        :func:`~mosmoskit.pretraining.data.prepare_pretraining_data`, so every caller asks for the
+        same cohort (a caller that forgot one would regenerate the run's cohort on another grid)."""
+        return {
+            "phantom_cases": self.phantom_cases, "phantom_slices_per_case": self.phantom_slices_per_case,
+            "phantom_shape": self.phantom_shape, "phantom_spacing": self.phantom_spacing,
+            "phantom_scan_range_prob": self.phantom_scan_range_prob,
+        }

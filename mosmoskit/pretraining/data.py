@@ -209,6 +209,7 @@ def prepare_pretraining_data(
     progress: bool = True,
     phantom_shape: Sequence[int] = (),
     phantom_spacing: Sequence[float] = (),
+    phantom_scan_range_prob: float = 0.0,
 ) -> tuple[CaseList, dict[str, list[dict[str, Any]]]]:
     """Find (or generate) the image-report pairs and split them by patient.
 
@@ -222,6 +223,8 @@ def prepare_pretraining_data(
         seed: cohort and split seed.
         phantom_cases, phantom_slices_per_case, phantom_shape, phantom_spacing: the generated
             cohort (empty shape/spacing: the generator's defaults).
+        phantom_scan_range_prob: (3D) share of limited-range scans
+            (:attr:`~mosmoskit.data.phantom.PhantomConfig.scan_range_prob`).
         progress: show a progress bar while generating phantoms.
 
     Returns:
@@ -229,13 +232,14 @@ def prepare_pretraining_data(
     """
     label_map = load_label_map(label_map)
     if dataset == "phantom":
-        from mosmoskit.data.phantom import ensure_cohort
+        from mosmoskit.data.phantom import PhantomConfig, ensure_cohort
 
         # A cohort left in the folder by a run with other phantom settings is regenerated, not reused.
         source: str | Path = ensure_cohort(
             Path(output_dir) / "data", n=phantom_cases, seed=seed, shape=tuple(phantom_shape) or None,
             spacing=tuple(phantom_spacing) or None, spatial_dims=spatial_dims,
             slices_per_case=phantom_slices_per_case, progress=progress,
+            config=PhantomConfig(scan_range_prob=phantom_scan_range_prob),
         )
     else:
         source = Path(dataset).expanduser()

@@ -251,8 +251,7 @@ def describe_pretraining_data(config: Any, n_reports: int = 3, progress: bool = 
     label_map = load_label_map(config.label_map)
     _, split = prepare_pretraining_data(
         config.dataset, config.output_dir, label_map, config.spatial_dims, config.val_fraction, config.seed,
-        phantom_cases=config.phantom_cases, phantom_slices_per_case=config.phantom_slices_per_case,
-        progress=progress,
+        progress=progress, **config.phantom_settings(),
     )
     return format_data_summary(split["train"], split["val"], label_map, n_reports=n_reports)
 

@@ -139,8 +139,7 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
         label_map = load_label_map(config.label_map)
         _, split = prepare_pretraining_data(
             config.dataset, out, label_map, config.spatial_dims, config.val_fraction, config.seed,
-            phantom_cases=config.phantom_cases, phantom_slices_per_case=config.phantom_slices_per_case,
-            phantom_shape=config.phantom_shape, phantom_spacing=config.phantom_spacing, progress=progress and main,
+            progress=progress and main, **config.phantom_settings(),
         )
     if main:
         atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
