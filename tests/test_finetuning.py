@@ -143,6 +143,8 @@ def test_config_defaults_roundtrip_and_list_coercion():
         ({"window": (100.0, -100.0)}, "low < high"),
         ({"sw_overlap": 1.0}, r"sw_overlap must be in \[0, 1\)"),
         ({"max_steps": 0}, "max_steps must be an integer >= 1"),
+        ({"encoder_lr_scale": 0.0}, "encoder_lr_scale"),
+        ({"encoder_lr_scale": -0.1}, "encoder_lr_scale"),
     ],
 )
 def test_config_rejects_bad_values(fields, message):
@@ -256,6 +258,33 @@ def test_task_step_returns_named_terms_and_validates():
         val_label[..., 10:30, 10:30] = 1
         metrics = task.validate([{"image": torch.rand(1, 1, 48, 40), "label": val_label}])
     assert set(metrics) == {"val_dice", "val_cases"} and metrics["val_cases"] == 1.0
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_encoder_lr_scale_puts_exactly_the_encoder_in_its_own_group(dims, tmp_path):
+    """The slower group holds the segmenter's own encoder (what init_encoder loads) and nothing else;
+    at scale 1 the optimizer sees one plain list, as before the option existed."""
+    from mosmoskit.models import build_segmenter
+
+    roi = (32, 32) if dims == 2 else (32, 32, 32)
+    options = {"features": (4, 4, 8, 8, 16, 4)} if dims == 2 else {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2,
+                                                                      "feature_size": 4}
+    model, _ = build_segmenter(dims, BTCV, roi, segmenter_options=options)
+    assert SegmentationTask(model, BTCV, roi).parameters_for_optimizer() == list(model.parameters())
+    rest, encoder = SegmentationTask(model, BTCV, roi, encoder_lr_scale=0.1).parameters_for_optimizer()
+    assert encoder["lr_scale"] == 0.1 and "lr_scale" not in rest
+    blocks = ("net.vit.",) if dims == 3 else tuple(f"net.{b}." for b in ("conv_0", "down_1", "down_2", "down_3", "down_4"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in encoder["params"]} == {n for n in names.values() if n.startswith(blocks)}
+    assert len(rest["params"]) + len(encoder["params"]) == len(list(model.parameters()))
+
+    from mosmoskit.training.loop import Trainer, TrainerConfig
+
+    trainer = Trainer(SegmentationTask(model, BTCV, roi, encoder_lr_scale=0.1),
+                      TrainerConfig(max_steps=1, lr=1e-3, progress=False, device="cpu", output_dir=str(tmp_path)),
+                      train_dataset=[None], batch_size=1)
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] if "initial_lr" in g else g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
 
 
 # --------------------------------------------------------------------------- pre-trained input

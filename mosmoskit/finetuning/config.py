@@ -124,6 +124,10 @@ class FinetuneConfig:
     Optimisation:
         lr: peak learning rate of AdamW; 0 (default) picks the network's: 3e-3 for the 2D U-Net,
             4e-4 for UNETR, whose transformer diverges at the U-Net's rate (:attr:`learning_rate`).
+        encoder_lr_scale: a pre-trained segmenter encoder (``init_encoder`` with a checkpoint)
+            learns at ``lr * encoder_lr_scale``, the rest at ``lr``; the usual way to keep what
+            pre-training put there. 1 (default): one rate. A random encoder always learns at ``lr``,
+            so one value serves every setting of a study.
         max_steps, batch_size, weight_decay, warmup_steps, grad_clip_norm (0: no clipping),
         val_every (0: only at the end), checkpoint_every, num_workers, device ("auto", "cpu",
         "cuda", ...), seed (training and labelled-subset seed), output_dir, overwrite (reuse a
@@ -180,6 +184,7 @@ class FinetuneConfig:
     max_steps: int = 1500
     batch_size: int = 8
     lr: float = 0.0
+    encoder_lr_scale: float = 1.0
     weight_decay: float = 1e-5
     warmup_steps: int = 50
     grad_clip_norm: float = 1.0
@@ -259,6 +264,7 @@ class FinetuneConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         check_positive("lr", self.lr, allow_zero=True)
+        check_positive("encoder_lr_scale", self.encoder_lr_scale)
         for name in ("weight_decay", "grad_clip_norm", "pos_neg_ratio"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0.0 < self.cache_rate <= 1.0:

@@ -433,8 +433,11 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     }
     train_ds = make_train_dataset(data, config, progress=progress)
     val_loader = make_val_loader(data, config)
+    # Only an encoder that pre-training filled has something to keep; a random one learns at lr.
+    encoder_pretrained = bool(config.pretrained_checkpoint) and config.init_encoder
     task = SegmentationTask(model, label_map, config.roi_size, config.sw_batch_size, config.sw_overlap,
-                            batch_dice=config.batch_dice)
+                            batch_dice=config.batch_dice,
+                            encoder_lr_scale=config.encoder_lr_scale if encoder_pretrained else 1.0)
     trainer_config = TrainerConfig(
         max_steps=config.max_steps, lr=config.learning_rate, weight_decay=config.weight_decay,
         warmup_steps=config.warmup_steps, grad_clip_norm=config.grad_clip_norm or None, device=config.device,

@@ -118,14 +118,30 @@ class SegmentationTask:
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
         batch_dice: bool = True,
+        encoder_lr_scale: float = 1.0,
     ) -> None:
         self.model = model
+        self.encoder_lr_scale = float(encoder_lr_scale)
         self.label_map = label_map
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.loss = SegmentationLoss(label_map.num_classes, dice_weight=dice_weight, ce_weight=ce_weight,
                                       batch=batch_dice)
+
+    def parameters_for_optimizer(self) -> list[Any]:
+        """All parameters at one rate, or two groups when ``encoder_lr_scale`` != 1: the model's
+        ``encoder_parameters()`` at ``lr * encoder_lr_scale``, everything else at ``lr``."""
+        if self.encoder_lr_scale == 1.0:
+            return list(self.model.parameters())
+        chooser = getattr(self.model, "encoder_parameters", None)
+        if not callable(chooser):
+            raise ValueError(f"encoder_lr_scale={self.encoder_lr_scale} needs a model with encoder_parameters() "
+                             f"(a MosmosSegmenter), got {type(self.model).__name__}")
+        encoder_ids = {id(p) for p in chooser()}
+        rest = [p for p in self.model.parameters() if id(p) not in encoder_ids]
+        encoder = [p for p in self.model.parameters() if id(p) in encoder_ids]
+        return [{"params": rest}, {"params": encoder, "lr_scale": self.encoder_lr_scale}]
 
     def step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Loss terms of one batch.

@@ -541,6 +541,12 @@ class MosmosSegmenter(nn.Module):
                 f"{tuple(image.shape)}"
             )
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the segmenter's own encoder (UNETR's ``vit``, BasicUNet's ``conv_0``/``down_*``):
+        what ``init_encoder`` loads from pre-training. The map branch is not included."""
+        blocks = ("vit",) if self.is_unetr else BASIC_UNET_LEVELS
+        return [p for name in blocks for p in getattr(self.net, name).parameters()]
+
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """UNETR: (tokens, *block outputs); BasicUNet: the five encoder levels."""
         if self.is_unetr and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
