@@ -173,6 +173,8 @@ PRETRAINING_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tag_auroc/mean", "tag AUROC"),
     ("pointing/mean_large_organs", "pointing game, large organs"),
     ("pointing_baseline/mean_large_organs", "fixed-position baseline"),
+    ("pointing_within_cell/mean_large_organs", "pointing within 1 feature cell"),
+    ("pointing_baseline_within_cell/mean_large_organs", "baseline within 1 cell"),
 )
 
 

@@ -101,7 +101,7 @@ def test_notebook_executes_with_tiny_parameters(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/steps"] == TINY["max_steps"]
     assert 0.0 <= metrics["retrieval/image_to_report_recall@1"] <= 1.0
-    assert "pointing_baseline/liver" in metrics
+    assert "pointing_baseline/liver" in metrics and "pointing_baseline_within_cell/liver" in metrics
     outputs = [o for c in nbformat.read(str(executed), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "Held-out retrieval" in text and "Pointing game" in text and str(run_dir / "metrics.json") in text
@@ -418,6 +418,10 @@ def test_format_pointing_shows_the_gain_over_the_baseline():
     assert no_baseline[-1] == "liver   n/a"
     near = format_pointing({"pointing/liver": 0.5, "pointing_within_cell/liver": 0.75}).splitlines()
     assert near[1].endswith("maps within 1 cell") and near[-1].split() == ["liver", "0.50", "0.75"]
+    both = format_pointing({"pointing/liver": 0.5, "pointing_within_cell/liver": 0.75,
+                            "pointing_baseline_within_cell/liver": 1.0}).splitlines()
+    assert both[1].endswith("maps within 1 cell  baseline within 1 cell")
+    assert both[-1].split() == ["liver", "0.50", "0.75", "1.00"]
     with pytest.raises(ValueError, match=r"no pointing metric for \['pancreas'\]"):
         format_pointing(metrics, organs=["pancreas"])
     with pytest.raises(ValueError, match="needs held-out cases with label masks"):

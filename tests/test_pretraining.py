@@ -261,6 +261,36 @@ def test_limited_range_phantom_cohort_for_3d_pretraining(tmp_path):
     assert dataset_json.stat().st_mtime_ns == stamp  # the run's cohort, not a default-settings one
 
 
+def test_pointing_at_tolerances_rescores_the_held_out_pairs_of_a_finished_run(tmp_path, capsys):
+    """The re-scoring rebuilds exactly the held-out pairs and baseline of the run (its strict baseline
+    equals metrics.json's), and a looser tolerance can only raise a hit rate."""
+    from mosmoskit.pretraining.run import pointing_at_tolerances, run_pretraining
+
+    result = run_pretraining(tiny_config(tmp_path, max_steps=2, val_every=2, checkpoint_every=2), progress=False)
+    rows = pointing_at_tolerances(result.output_dir)
+    assert [r["tolerance"] for r in rows] == [0, 2, 4]  # the U-Net's tag features have stride 4 here
+    assert rows[0]["baseline"] == pytest.approx(result.metrics["pointing_baseline/mean_large_organs"])
+    assert rows[0]["n_pairs"] == result.metrics["n_pairs"]
+    for who in ("maps", "baseline"):
+        rates = [r[who] for r in rows]
+        assert all(0.0 <= v <= 1.0 for v in rates) and rates == sorted(rates)
+    assert result.metrics["pointing_baseline_within_cell/mean_large_organs"] == pytest.approx(rows[-1]["baseline"])
+
+    # scripts/pointing_tolerance.py prints the same rows as a table, and refuses a folder without a checkpoint
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pointing_tolerance.py"
+    spec = importlib.util.spec_from_file_location("pointing_tolerance", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(result.output_dir), "--tolerance", "0"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2] == (f"| {result.output_dir.name} | unet2d | 0 | {rows[0]['maps']:.2f} | {rows[0]['baseline']:.2f} | "
+                        f"{rows[0]['maps'] - rows[0]['baseline']:+.2f} | {rows[0]['n_pairs']} |")
+    assert module.main([str(tmp_path)]) == 2
+
+
 @pytest.mark.slow
 def test_3d_pretraining_runs_end_to_end(tmp_path):
     from mosmoskit.pretraining.run import attention_maps_from_checkpoint, run_pretraining

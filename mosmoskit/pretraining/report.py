@@ -150,9 +150,11 @@ def format_pointing(metrics: Mapping[str, Any], organs: Sequence[str] | None = N
     Returns:
         A table organ | maps | baseline | maps - baseline, then the means the evaluation reports
         (``n/a`` where an organ never appeared; empty cells where there is no value). When the
-        metrics hold ``pointing_within_cell/<organ>``, a last column gives the hit rate of a peak
-        within one feature cell of the organ: a coarse map's near misses, not compared with the
-        (strict) baseline.
+        metrics hold ``pointing_within_cell/<organ>``, another column gives the hit rate of a peak
+        within one feature cell of the organ (a coarse map's near misses), and one more the
+        baseline's at the same tolerance when the metrics have it
+        (``pointing_baseline_within_cell/<organ>``): at a 16-voxel cell a fixed guess is also
+        "near" most organs, so the within-cell rate means little without it.
 
     Raises:
         ValueError: no ``pointing/`` metric (the validation cases had no labels), or an organ in
@@ -169,6 +171,7 @@ def format_pointing(metrics: Mapping[str, Any], organs: Sequence[str] | None = N
     rows = []
     means = [m for m in ("mean", "mean_large_organs") if f"pointing/{m}" in metrics]
     near = any(k.startswith("pointing_within_cell/") for k in metrics)
+    near_base = near and any(k.startswith("pointing_baseline_within_cell/") for k in metrics)
 
     def value(prefix: str, key: str) -> float | None:
         # A missing value (no training masks for a baseline) leaves its cell empty; NaN reads n/a.
@@ -178,8 +181,10 @@ def format_pointing(metrics: Mapping[str, Any], organs: Sequence[str] | None = N
         model = _number(metrics[f"pointing/{key}"])
         base = value("pointing_baseline", key)
         row = [name, model, base, None if base is None else model - base]
-        rows.append(row + ([value("pointing_within_cell", key)] if near else []))
-    headers = ["organ", "maps", "baseline", "maps - baseline"] + (["maps within 1 cell"] if near else [])
+        rows.append(row + ([value("pointing_within_cell", key)] if near else [])
+                    + ([value("pointing_baseline_within_cell", key)] if near_base else []))
+    headers = (["organ", "maps", "baseline", "maps - baseline"] + (["maps within 1 cell"] if near else [])
+               + (["baseline within 1 cell"] if near_base else []))
     return format_table(rows, headers, digits, title="Pointing game (held out): peak of the map inside the organ")
 
 
