@@ -116,6 +116,13 @@ def test_pretraining_summaries_read_each_shared_pretraining_once(tmp_path):
     assert rows[0]["settings"] == ["mosmos", "mosmos_input", "mosmos_decoder"]
     row = next(line for line in _pretraining_table(plans, axes) if line.startswith("| unetr3d |"))
     assert row.startswith("| unetr3d | mosmos, mosmos_input, mosmos_decoder | 1500 | 8 | - | - | 0.63 | - |")
+    # a within-cell hit rate is shown only beside the baseline at the same tolerance
+    (folder / "metrics.json").write_text(json.dumps({"pointing_within_cell/mean_large_organs": 0.9}))
+    assert pretraining_summaries(plans, axes)[0]["metrics"]["pointing_within_cell/mean_large_organs"] is None
+    (folder / "metrics.json").write_text(json.dumps({"pointing_within_cell/mean_large_organs": 0.9,
+                                                     "pointing_baseline_within_cell/mean_large_organs": 1.0}))
+    row = next(line for line in _pretraining_table(plans, axes) if line.startswith("| unetr3d |"))
+    assert row.endswith("| 0.90 | 1.00 |")
     (folder / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"metrics\.json is not valid JSON"):
         pretraining_summaries(plans, axes)
