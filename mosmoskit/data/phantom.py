@@ -1418,7 +1418,8 @@ def make_case(
             imaged_z[int(np.argmin(np.abs(axes[2] - sum(scan_range) / 2)))] = True
     hu, label, lesion_vox = render(anatomy, *axes, blur, np.random.default_rng(anatomy.noise_seed), imaged_z)
     if scan_range is None:
-        seen, slivers = {organ: _visible_lesions(anatomy, lesion_vox, organ, f) for organ, f in anatomy.findings.items()}, set()
+        seen = {organ: _visible_lesions(anatomy, lesion_vox, organ, f) for organ, f in anatomy.findings.items()}
+        slivers: set[str] = set()
     else:
         seen, slivers = _range_findings(anatomy, label, lesion_vox, scan_range, cfg)
     findings = {organ: f if organ in slivers else _mention(rng, cfg, f) for organ, f in seen.items()}

@@ -136,7 +136,9 @@ class PretrainConfig:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
         check_phantom_grid(self.phantom_shape, self.phantom_spacing, self.spatial_dims)
         if not 0.0 <= float(self.phantom_scan_range_prob) <= 1.0:
-            raise ValueError(f"phantom_scan_range_prob must be a probability in [0, 1], got {self.phantom_scan_range_prob!r}")
+            raise ValueError(
+                f"phantom_scan_range_prob must be a probability in [0, 1], got {self.phantom_scan_range_prob!r}"
+            )
         if self.phantom_scan_range_prob and self.spatial_dims != 3:
             raise ValueError("phantom_scan_range_prob applies to 3D phantom volumes only; a 2D slice report already "
                              "names the organs outside its slice")
