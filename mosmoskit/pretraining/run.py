@@ -144,7 +144,8 @@ def pointing_at_tolerances(
     Raises:
         ValueError: the held-out pairs have no masks (nothing to point at).
     """
-    from mosmoskit.evaluation.localisation import pointing_hits
+    from mosmoskit.evaluation.localisation import PointingTally, pointing_hits
+    from mosmoskit.evaluation.retrieval import mean_finite
     from mosmoskit.pretraining.evaluate import large_organs
 
     run_dir = Path(run_dir)
@@ -157,9 +158,10 @@ def pointing_at_tolerances(
         raise ValueError(f"{run_dir}: the held-out pairs have no masks; the pointing game needs them")
     cell = int(getattr(model.image_encoder, "feature_stride", 1))
     tolerances = [0, cell // 2, cell] if tolerances is None else [int(t) for t in tolerances]
-    large = [label_map.id_of(n) for n in large_organs(label_map)]
+    large = {label_map.id_of(n): n for n in large_organs(label_map)}
     tag_ids = [label_map.id_of(n) for n in label_map.foreground_names]
-    hits = {(t, who): {i: [] for i in large} for t in tolerances for who in ("maps", "baseline")}
+    # The same tallies and means as evaluate_pretraining's pointing/mean_large_organs.
+    tallies = {(t, who): PointingTally(large) for t in tolerances for who in ("maps", "baseline")}
     for index in range(len(val_ds)):
         item = val_ds[index]
         image = item["image"][None].to(device)
@@ -167,16 +169,10 @@ def pointing_at_tolerances(
         label = item["label"].numpy()
         for t in tolerances:
             for who, volume in (("maps", maps), ("baseline", baseline)):
-                for organ, hit in pointing_hits(volume, label, tag_ids, tolerance=t).items():
-                    if organ in large:
-                        hits[(t, who)][organ].append(hit)
-
-    def rate(per_organ: dict[int, list[bool]]) -> float:
-        rates = [float(np.mean(v)) for v in per_organ.values() if v]
-        return float(np.mean(rates)) if rates else float("nan")
-
-    return [{"tolerance": t, "maps": rate(hits[(t, "maps")]), "baseline": rate(hits[(t, "baseline")]),
-             "n_pairs": len(val_ds)} for t in tolerances]
+                hits = pointing_hits(volume, label, tag_ids, tolerance=t)
+                tallies[(t, who)].add({organ: hit for organ, hit in hits.items() if organ in large})
+    return [{"tolerance": t, "maps": mean_finite(tallies[(t, "maps")].rates()),
+             "baseline": mean_finite(tallies[(t, "baseline")].rates()), "n_pairs": len(val_ds)} for t in tolerances]
 
 
 def _training_labels(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int]) -> list[np.ndarray]:
