@@ -1,0 +1,244 @@
+"""The pixel-tag attention maps of one whole image, at the geometry the tag head was pre-trained on.
+
+:func:`whole_image_maps` is the one function that turns an image into the maps that fine-tuning
+fuses and that the viewer shows: the fine-tuning pipeline calls it once per training and
+validation case (:class:`~mosmoskit.data.transforms.WholeImageMapsd`, before any crop or
+augmentation), and :func:`mosmoskit.inference.predict_volume` / ``attention_maps_volume`` call it
+once per scan before the sliding window. Windows and crops then *carry* the maps as channels
+instead of recomputing them on a part of the image.
+
+Why the whole image, and why at the pre-training geometry: the tag head's position encoding is
+normalised to its feature grid (:func:`~mosmoskit.models.tag_head.sincos_position_encoding`), so
+the same organ seen in a 96x96 crop or a sliding window gets other coordinates than in the whole
+128x128 slice it was trained on, and the encoder has never seen intensity-shifted, rotated or
+flipped inputs. Pre-training shows the tag head every image centre-cropped or padded to
+``config.image_size`` (``ImageReportDataset``), windowed with ``config.window``. Here:
+
+* the image is windowed with the **pre-training** window (not the fine-tuning one);
+* ``fit="auto"`` (default): every axis no longer than ``image_size`` is centre-padded to it, with
+  the window's low value, exactly as pre-training does. For an image of the pre-training grid
+  (the phantom defaults: 128x128 slices, ``image_size`` 128x128) the network input is then the
+  pre-training input bit for bit, and so are the maps. An axis longer than ``image_size`` is
+  resized (linear) to it instead of cropped: a centre crop would cut off organs at the border
+  (they would get no map), while a resize keeps the whole field of view at the grid and normalised
+  positions the tag head was trained on, at a somewhat smaller scale. A fully convolutional 2D
+  encoder could take the whole image padded to a multiple of 16, but its feature grid would then
+  differ from the pre-training grid, and with it every position code (the very mismatch this
+  module removes), so that is not offered. The 3D ViT has a fixed ``image_size`` anyway;
+* ``fit="pad"``: centre-crop or pad every axis as pre-training does (a cropped border gets maps of
+  0: the tag head cannot point there); ``fit="resize"``: resize the whole image to ``image_size``;
+* the maps come from the model's ``attention_maps`` at ``image_size``, are cut out of the padding
+  / resized back onto the image's own grid, rescaled to peak 1 per map on that grid (what
+  :func:`~mosmoskit.models.fusion.prepare_fusion_maps` gives the segmenter), and optionally
+  multiplied by the tag probability.
+
+Nothing here depends on how the maps are made: only ``model.attention_maps(image, normalize=...,
+scale_by_probability=False) -> (maps (B, K, *spatial), logits (B, K))`` is called.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MAP_FITS", "map_geometry", "map_memory_bytes", "whole_image_maps"]
+
+#: How a whole image is brought to the pre-training ``image_size`` (see the module docstring).
+MAP_FITS: tuple[str, ...] = ("auto", "pad", "resize")
+_NORMALIZATIONS = ("max", "sum", "none")
+
+
+def map_geometry(shape: Sequence[int], image_size: Sequence[int], fit: str = "auto") -> tuple[int, ...]:
+    """The size each axis is resized to before it is centre-padded or cropped to ``image_size``.
+
+    Args:
+        shape: the image's spatial shape (one slice for a 2D model).
+        image_size: the pre-training input grid.
+        fit: ``"auto"``, ``"pad"`` or ``"resize"``.
+
+    Returns:
+        ``resized``: ``shape`` itself for axes that are padded/cropped, ``image_size`` for axes
+        that are resized.
+    """
+    if fit not in MAP_FITS:
+        raise ValueError(f"fit must be one of {list(MAP_FITS)}, got {fit!r}")
+    if len(shape) != len(image_size):
+        raise ValueError(f"an image of shape {tuple(shape)} does not fit the {len(image_size)}D image_size "
+                         f"{tuple(image_size)}")
+    out = []
+    for have, want in zip(shape, image_size):
+        resize = fit == "resize" or (fit == "auto" and have > want)
+        out.append(int(want) if resize else int(have))
+    return tuple(out)
+
+
+def _pad_or_crop(x: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
+    """Centre pad (zeros) or crop the spatial axes of (N, C, *spatial) to ``size``, as
+    ``center_crop_or_pad`` does; also the (source, destination) slices per axis."""
+    out = x.new_zeros((*x.shape[:2], *size))
+    src, dst, pairs = [], [], []
+    for have, want in zip(x.shape[2:], size):
+        if have >= want:
+            start = (have - want) // 2
+            s, d = slice(start, start + want), slice(0, want)
+        else:
+            start = (want - have) // 2
+            s, d = slice(0, have), slice(start, start + have)
+        src.append(s)
+        dst.append(d)
+        pairs.append((s, d))
+    out[(slice(None), slice(None), *dst)] = x[(slice(None), slice(None), *src)]
+    return out, pairs
+
+
+def _undo_pad_or_crop(maps: torch.Tensor, shape: Sequence[int], pairs: list[tuple[slice, slice]]) -> torch.Tensor:
+    """The inverse placement of :func:`_pad_or_crop`: maps on ``shape``, 0 where the image was cropped off."""
+    out = maps.new_zeros((*maps.shape[:2], *shape))
+    src = [p[0] for p in pairs]
+    dst = [p[1] for p in pairs]
+    out[(slice(None), slice(None), *src)] = maps[(slice(None), slice(None), *dst)]
+    return out
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+
+
+def _renormalize(maps: torch.Tensor, how: str, eps: float = 1e-12) -> torch.Tensor:
+    if how == "none":
+        return maps
+    flat = maps.flatten(2)
+    scale = flat.amax(dim=2) if how == "max" else flat.sum(dim=2)
+    return maps / scale.clamp_min(eps).reshape(*scale.shape, *([1] * (maps.ndim - 2)))
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the call, each one's own mode restored afterwards (a wrapper's
+    flag may disagree with its children's: a frozen map branch inside a training segmenter)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    encoder = getattr(model, "image_encoder", None)
+    for source in (encoder, model):
+        if isinstance(source, nn.Module):
+            for p in source.parameters():
+                return p.device
+    return torch.device("cpu")
+
+
+def whole_image_maps(
+    model: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    config: Any,
+    *,
+    normalize: str = "max",
+    scale_by_probability: bool = False,
+    fit: str = "auto",
+    device: torch.device | str | None = None,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-tag attention maps of a whole image, computed once at the pre-training geometry.
+
+    Args:
+        model: the pre-trained model's image side: anything with ``attention_maps(image (B, 1,
+            *image_size), normalize=..., scale_by_probability=False) -> (maps (B, K, *image_size),
+            logits (B, K))`` (a :class:`~mosmoskit.pretraining.model.MosmosPretrainModel` from
+            ``load_pretrained``, or ``MosmosSegmenter.map_model``). Run in eval mode, without
+            gradients; each submodule's mode is restored afterwards.
+        image: the whole image in HU, single channel, no channel axis: (H, W) for a 2D model,
+            (H, W, D) for a 3D model, or (H, W, D) for a 2D model, whose axial slices (last axis)
+            are then each one image. On the grid fine-tuning works on (after orientation and any
+            resampling to ``spacing``).
+        config: the **pre-training** config (``PretrainConfig`` or anything with ``window``,
+            ``image_size`` and ``spatial_dims``).
+        normalize: ``"max"`` (peak 1 per map on the image grid, what fusion uses), ``"sum"``
+            (each map sums to 1 over the image) or ``"none"``.
+        scale_by_probability: multiply each map by its tag probability (absent organs fade), as
+            ``MosmosSegmenter(scale_by_probability=True)`` fuses them.
+        fit: ``"auto"`` (default), ``"pad"`` or ``"resize"``: how the image is brought to
+            ``config.image_size`` (see the module docstring).
+        device: where the model runs (default: the device of its image encoder's parameters).
+        batch_size: slices per forward pass for a 2D model on a volume.
+
+    Returns:
+        ``(maps, probabilities)`` as float32 CPU tensors: maps (K, *image.shape), map k for the
+        k-th tag (the label map's k-th foreground organ); probabilities (K,) the tag
+        probabilities, or (K, D) one per slice for a 2D model on a volume.
+
+    Raises:
+        ValueError: an image of another dimension than the model takes, an unknown ``normalize``
+            or ``fit``.
+
+    Example:
+        >>> model, config, label_map = load_pretrained("runs/pretrain/last.pt")     # doctest: +SKIP
+        >>> maps, probs = whole_image_maps(model, load_image("ct.nii.gz").array, config)  # doctest: +SKIP
+    """
+    from mosmoskit.pretraining.data import window_intensity
+
+    if normalize not in _NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {list(_NORMALIZATIONS)}, got {normalize!r}")
+    if fit not in MAP_FITS:
+        raise ValueError(f"fit must be one of {list(MAP_FITS)}, got {fit!r}")
+    dims = int(config.spatial_dims)
+    image_size = tuple(int(s) for s in config.image_size)
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = array.astype(np.float32, copy=False)
+    if array.ndim == dims:
+        slices = False
+    elif dims == 2 and array.ndim == 3:
+        slices = True
+    else:
+        raise ValueError(
+            f"a {dims}D pre-trained model cannot make maps of a {array.ndim}D image of shape {array.shape} "
+            f"(pass the spatial axes only, no channel axis)"
+        )
+    windowed = torch.from_numpy(window_intensity(array, config.window))
+    inputs = windowed.permute(2, 0, 1)[:, None] if slices else windowed[None, None]  # (N, 1, *spatial)
+    shape = tuple(inputs.shape[2:])
+    resized = map_geometry(shape, image_size, fit)
+    device = torch.device(device) if device is not None else _device_of(model)
+    step = max(1, int(batch_size))
+    maps_all, probs_all = [], []
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, inputs.shape[0], step):
+            x = _resize(inputs[start:start + step], resized)
+            x, pairs = _pad_or_crop(x, image_size)
+            maps, logits = model.attention_maps(x.to(device), normalize=normalize, scale_by_probability=False)
+            maps = maps.float().cpu()
+            if tuple(maps.shape[2:]) != image_size:
+                raise ValueError(f"attention_maps returned maps of shape {tuple(maps.shape)} for an input of "
+                                 f"{tuple(x.shape)}")
+            maps = _resize(_undo_pad_or_crop(maps, resized, pairs), shape)
+            maps = _renormalize(maps.clamp_min(0.0), normalize)
+            probs = torch.sigmoid(logits.float().cpu())
+            if scale_by_probability:
+                maps = maps * probs.reshape(*probs.shape, *([1] * (maps.ndim - 2)))
+            maps_all.append(maps)
+            probs_all.append(probs)
+    maps = torch.cat(maps_all)
+    probs = torch.cat(probs_all)
+    if slices:
+        return maps.permute(1, 2, 3, 0).contiguous(), probs.T.contiguous()  # (K, H, W, D), (K, D)
+    return maps[0], probs[0]
+
+
+def map_memory_bytes(num_tags: int, shape: Sequence[int]) -> int:
+    """Bytes of the float32 maps of one image: ``4 * K * prod(shape)``."""
+    return 4 * int(num_tags) * math.prod(int(s) for s in shape)
