@@ -10,7 +10,10 @@ The pre-trained tag head gives, for every organ tag, a distribution over the enc
    map (each attention row sums to 1), and the prototype (DESIGN.md section 5) needed that map to
    fade instead of telling the segmenter "the organ is here".
 
-``prepare_fusion_maps`` does both. The fusion points are ``FUSION_MODES``:
+``prepare_fusion_maps`` does both (for maps the network makes itself; maps made once per whole
+image by :func:`mosmoskit.pretraining.maps.whole_image_maps` arrive already on the image grid,
+peak 1 and scaled, and are fused as given: ``MosmosSegmenter.forward(image, maps)``). The fusion
+points are ``FUSION_MODES``:
 
 - ``"none"``: the plain network (baselines);
 - ``"input"``: maps concatenated to the image channels (``concat_maps``), so the network's first

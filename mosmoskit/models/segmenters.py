@@ -32,6 +32,16 @@ Where the maps come from:
 - ``"decoder"`` without ``init_encoder``: the segmenter's encoder is random, and the tag head was
   trained on the pre-trained encoder's features, so the maps come from a separate pre-trained
   encoder copy, as in ``"input"``.
+
+When the maps are made: with a frozen map branch of its own (every variant above except a shared
+encoder or ``tune_tag_head``; ``MosmosSegmenter.precomputed_maps``), the maps do not change during
+fine-tuning, so they are computed **once per whole image**, at the geometry the tag head was
+pre-trained on (:func:`mosmoskit.pretraining.maps.whole_image_maps`, through
+``MosmosSegmenter.whole_image_maps``), before any crop, augmentation or sliding window, and handed
+to ``forward(image, maps)`` as channels that were cropped, flipped and rotated with the image. Only
+a shared encoder (its maps follow the fine-tuned encoder) or a trained map branch (its maps change
+every step and need gradients) still makes maps inside ``forward``, from whatever the network is
+given: a crop or a window, never the whole image.
 """
 
 from __future__ import annotations
@@ -368,10 +378,17 @@ class MosmosSegmenter(nn.Module):
             ``feature_proj`` (None = identity).
         map_normalize: ``"max"`` (peak 1 per map), ``"sum"`` or ``"none"``.
         scale_by_probability: multiply each map by its tag probability (absent organs fade).
+        pretrain_config: the pre-training config of ``map_encoder`` and ``tag_head`` (its
+            ``window``, ``image_size``): needed by :meth:`whole_image_maps`. Not part of the state
+            dict; ``build_segmenter`` sets it.
+        map_model: the pre-trained model (``MosmosPretrainModel``) whose ``image_encoder`` and
+            ``tag_head`` are ``map_encoder`` and ``tag_head`` (shared modules, not a copy), whose
+            ``attention_maps`` makes the maps; built from the two when not given. Not registered
+            as a submodule (the state dict keeps its keys).
 
     Shapes:
-        forward: image (B, C, *spatial) -> logits (B, out_channels, *spatial); UNETR accepts only
-        its ``img_size``, BasicUNet any multiple of 16.
+        forward: image (B, C, *spatial) [and maps (B, K, *spatial)] -> logits (B, out_channels,
+        *spatial); UNETR accepts only its ``img_size``, BasicUNet any multiple of 16.
 
     Raises:
         ValueError: an unsupported network, unknown fusion mode, missing or superfluous map
@@ -397,6 +414,8 @@ class MosmosSegmenter(nn.Module):
         tag_feature_proj: nn.Module | None = None,
         map_normalize: str = "max",
         scale_by_probability: bool = True,
+        pretrain_config: Any = None,
+        map_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, (UNETR, BasicUNet)):
@@ -476,6 +495,13 @@ class MosmosSegmenter(nn.Module):
             for module in self._map_modules():
                 module.requires_grad_(False)
                 module.eval()
+        #: the pre-training config (window, image_size) the maps are made at; see ``whole_image_maps``
+        self.pretrain_config = pretrain_config
+        if map_model is not None and (getattr(map_model, "image_encoder", None) is not map_encoder
+                                      or getattr(map_model, "tag_head", None) is not tag_head):
+            raise ValueError("map_model must hold this segmenter's map_encoder and tag_head (the same modules)")
+        # Plain attribute, not a submodule: its encoder and tag head are registered here already.
+        object.__setattr__(self, "_map_model", map_model)
 
     # ----------------------------------------------------------------------- structure helpers
     def _check_shared_features(self, tag_head: TagHead, proj: nn.Module | None) -> None:
@@ -505,6 +531,82 @@ class MosmosSegmenter(nn.Module):
             self.net.out.conv.conv = conv
         else:
             self.net.final_conv = conv
+
+    @property
+    def precomputed_maps(self) -> bool:
+        """Whether the fused maps are made once per whole image, outside ``forward``.
+
+        True when the model fuses maps from a frozen map branch of its own (``map_encoder`` and
+        ``tag_head``, not trained): those maps do not change while the segmenter trains, so they
+        are computed by :meth:`whole_image_maps` on the whole image at the pre-training geometry
+        and passed to ``forward(image, maps)``. False without fusion, with a shared encoder (the
+        maps follow the fine-tuned encoder) and with ``tune_tag_head`` (the maps change every
+        step and need gradients): those make their maps inside ``forward``.
+        """
+        return self.fusion != "none" and not self.shares_encoder and not self.tune_tag_head
+
+    @property
+    def map_model(self) -> nn.Module:
+        """The pre-trained model (image side) that makes the maps: ``map_encoder`` + ``tag_head``.
+
+        A ``MosmosPretrainModel`` sharing (not copying) this segmenter's ``map_encoder`` and
+        ``tag_head``, so fine-tuned or loaded weights are its weights; call
+        :func:`~mosmoskit.pretraining.maps.whole_image_maps` with it. Not a submodule.
+
+        Raises:
+            ValueError: a model without its own map encoder (``fusion="none"`` or a shared encoder).
+        """
+        if self.map_encoder is None or self.tag_head is None:
+            raise ValueError(
+                "this segmenter has no map encoder of its own (fusion='none', or decoder fusion reading the "
+                "segmenter's own encoder): its maps cannot be made outside the network"
+            )
+        model = self.__dict__.get("_map_model")
+        if model is None:
+            from mosmoskit.pretraining.model import MosmosPretrainModel
+
+            model = MosmosPretrainModel(self.map_encoder, self.tag_head)
+            object.__setattr__(self, "_map_model", model)
+        return model
+
+    def whole_image_maps(
+        self, image: Any, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps this model fuses for a whole image (HU), made once at the pre-training geometry.
+
+        :func:`mosmoskit.pretraining.maps.whole_image_maps` with :attr:`map_model`,
+        ``pretrain_config`` and this model's ``map_normalize`` and ``scale_by_probability``.
+
+        Args:
+            image: the whole image in HU without a channel axis: (H, W), (H, W, D), or (H, W, D)
+                axial slices for a 2D model; on the grid the segmenter works on.
+            device: where the map branch runs (default: where its weights are).
+
+        Returns:
+            maps (K, *image.shape) float32 on the CPU, exactly what ``forward(image, maps)``
+            should receive (cropped and augmented with the image); tag probabilities (K,) or
+            (K, D) per slice.
+
+        Raises:
+            ValueError: a model whose maps are made inside ``forward`` (see
+                :attr:`precomputed_maps`), or no ``pretrain_config``.
+        """
+        from mosmoskit.pretraining.maps import whole_image_maps
+
+        if not self.precomputed_maps:
+            raise ValueError(self._no_precomputed_maps())
+        if self.pretrain_config is None:
+            raise ValueError("whole_image_maps needs the pre-training config (window, image_size): build the model "
+                             "with build_segmenter or pass pretrain_config=")
+        return whole_image_maps(self.map_model, image, self.pretrain_config, normalize=self.map_normalize,
+                                scale_by_probability=self.scale_by_probability, device=device)
+
+    def _no_precomputed_maps(self) -> str:
+        if self.fusion == "none":
+            return "this segmenter was built with fusion='none': it fuses no maps"
+        why = ("it reads them from its own, fine-tuned encoder (share_encoder)" if self.shares_encoder
+               else "its map branch is trained (tune_tag_head)")
+        return f"this segmenter makes its maps inside forward: {why}"
 
     def _map_modules(self) -> list[nn.Module]:
         return [m for m in (self.tag_head, self.map_encoder, self.tag_feature_proj) if m is not None]
@@ -622,31 +724,63 @@ class MosmosSegmenter(nn.Module):
                 features, grid = fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[2:])
             return self._maps_from_features(features, grid, size)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Segment ``image``.
+    def check_maps(self, maps: torch.Tensor, image: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``maps`` is (B, K, *spatial) for ``image`` (B, C, *spatial)."""
+        if maps.ndim != image.ndim or maps.shape[0] != image.shape[0] or maps.shape[1] != self.num_tags \
+                or maps.shape[2:] != image.shape[2:]:
+            raise ValueError(
+                f"maps must be (B, K={self.num_tags}, *spatial) for an image of shape {tuple(image.shape)}, got "
+                f"{tuple(maps.shape)}"
+            )
+
+    def forward(self, image: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Segment ``image``, fusing ``maps``.
 
         Args:
-            image: (B, C, *spatial) with C = ``in_channels`` (image channels only: the maps are
-                made and added inside).
+            image: (B, C, *spatial) with C = ``in_channels`` (image channels only).
+            maps: (B, K, *spatial) the maps to fuse, as they are: :meth:`whole_image_maps` of the
+                whole image, cropped / augmented / windowed exactly as ``image`` was. Required in
+                practice whenever ``image`` is a crop or a window of a larger image (training,
+                sliding windows) and :attr:`precomputed_maps` is true. None: the maps are made
+                here from ``image`` itself (the shared-encoder and ``tune_tag_head`` variants
+                always do this; for the others it is right only if ``image`` is a whole image at
+                the pre-training geometry and window).
 
         Returns:
             (B, out_channels, *spatial) logits.
 
         Raises:
-            ValueError: wrong rank, channel count or spatial size (see ``check_input``).
+            ValueError: wrong rank, channel count or spatial size (see ``check_input``); maps of
+                the wrong shape, or maps given to a model that makes its own
+                (``precomputed_maps`` false).
         """
         self.check_input(image)
-        x = concat_maps(image, self._branch_maps(image).maps) if self.fusion == "input" else image
+        if maps is not None:
+            if not self.precomputed_maps:
+                raise ValueError(self._no_precomputed_maps() + "; do not pass maps")
+            self.check_maps(maps, image)
+        if self.fusion == "input":
+            x = concat_maps(image, maps if maps is not None else self._branch_maps(image).maps)
+        else:
+            x = image
         encoded = self._encode(x)
         features = self._decode(x, encoded)
         if self.fusion == "decoder":
-            fused = self._shared_maps(encoded, image.shape[2:]) if self.shares_encoder else self._branch_maps(image)
-            features = concat_maps(features, fused.maps)
+            if maps is None:
+                fused = self._shared_maps(encoded, image.shape[2:]) if self.shares_encoder \
+                    else self._branch_maps(image)
+                maps = fused.maps
+            features = concat_maps(features, maps)
         return self._head(features)
 
     @torch.no_grad()
     def attention_maps(self, image: torch.Tensor) -> FusionMaps:
-        """The maps this model fuses for ``image``, for inspection (no gradient; mode unchanged).
+        """The maps the network makes from ``image`` itself (no gradient; mode unchanged).
+
+        What ``forward(image)`` fuses when no maps are passed. For a model with
+        :attr:`precomputed_maps`, the maps it fuses in training and inference are
+        :meth:`whole_image_maps` of the whole image instead; this equals them only for a whole
+        image at the pre-training geometry and window.
 
         Args:
             image: (B, C, *spatial), as for ``forward``.
@@ -789,6 +923,7 @@ def build_segmenter(
     # ---- the pre-trained modules (built even for architecture_only, so the structure matches)
     encoder: ImageEncoder | None = None
     tag_head: TagHead | None = None
+    pretrain_model = None
     if config is not None and fusion != "none":
         if state is not None:
             query_text = state.get("tag_head.query_text")
@@ -860,14 +995,17 @@ def build_segmenter(
                 PART_TAG_PROJECTION, "image_encoder.feature_proj.", tensors=len(proj_tensors),
                 parameters=sum(p.numel() for p in encoder.feature_proj.parameters()), trainable=trainable_maps,
             ))
+    own_maps = fusion != "none" and not shares
     model = MosmosSegmenter(
         net,
         fusion=fusion,
         tag_head=tag_head,
-        map_encoder=None if (fusion == "none" or shares) else encoder,
+        map_encoder=encoder if own_maps else None,
         tune_tag_head=tune_tag_head,
         map_normalize=map_normalize,
         scale_by_probability=scale_by_probability,
+        pretrain_config=config if fusion != "none" else None,
+        map_model=pretrain_model if own_maps else None,
         **tag_kwargs,
     )
     model.gradient_checkpointing = bool(gradient_checkpointing)
