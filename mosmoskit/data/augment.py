@@ -22,6 +22,12 @@ The pipeline works on loaded, channel-first samples ``{"image": (C, *spatial), "
 *spatial)}``: put it after :func:`~mosmoskit.data.transforms.load_transforms`,
 :class:`~mosmoskit.data.transforms.CheckLabelsd` and the intensity window.
 
+Pre-trained attention maps (``map_key``, usually ``"maps"``: K channels, channel k for the k-th
+foreground organ, made by :class:`~mosmoskit.data.transforms.WholeImageMapsd` on the whole image)
+travel with the image: they are padded, cropped, rotated and scaled (linear interpolation) and
+flipped exactly as the image; a left-right mirror also exchanges the channels of every left/right
+pair, as it exchanges their label ids. Intensity changes never touch them.
+
 Example:
     >>> import torch
     >>> from mosmoskit.data.augment import segmentation_train_transforms
@@ -180,10 +186,13 @@ class LeftRightSwapFlipd(RandomizableTransform, MapTransform):
         allow_unpaired: accept a map with lateral names that have no counterpart (they would be
             mirrored onto the wrong side under their old name); by default that raises.
         allow_missing_keys: skip keys absent from a sample.
+        map_keys: which of ``keys`` hold one channel per foreground organ (attention maps,
+            ``(K, *spatial)``, channel k = the map's k-th foreground name): after the flip the
+            channels of each left/right pair are exchanged.
 
     Raises:
-        ValueError: label keys not among ``keys``, a bad ``prob`` or ``lr_axis``, or unpaired
-            lateral names (listed) without ``allow_unpaired``.
+        ValueError: label or map keys not among ``keys``, a bad ``prob`` or ``lr_axis``, or
+            unpaired lateral names (listed) without ``allow_unpaired``.
 
     Example:
         >>> import torch
@@ -203,6 +212,7 @@ class LeftRightSwapFlipd(RandomizableTransform, MapTransform):
         lr_axis: int = LR_AXIS,
         allow_unpaired: bool = False,
         allow_missing_keys: bool = False,
+        map_keys: Sequence[str] = (),
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, _check_prob(prob, "prob"))
@@ -210,6 +220,10 @@ class LeftRightSwapFlipd(RandomizableTransform, MapTransform):
         unknown = [k for k in self.label_keys if k not in self.keys]
         if unknown:
             raise ValueError(f"label_keys {unknown} are not among keys {list(self.keys)}")
+        self.map_keys = tuple(map_keys)
+        unknown = [k for k in self.map_keys if k not in self.keys or k in self.label_keys]
+        if unknown:
+            raise ValueError(f"map_keys {unknown} must be among keys {list(self.keys)} and not label keys")
         if isinstance(lr_axis, bool) or not isinstance(lr_axis, int) or lr_axis < 0:
             raise ValueError(f"lr_axis must be a non-negative spatial axis index, got {lr_axis!r}")
         self.label_map = load_label_map(label_map)
@@ -222,8 +236,21 @@ class LeftRightSwapFlipd(RandomizableTransform, MapTransform):
             )
         self.pairs = pairs
         self.id_pairs = tuple((self.label_map.id_of(a), self.label_map.id_of(b)) for a, b in pairs)
+        names = list(self.label_map.foreground_names)
+        #: map channel order after a mirror: channel k takes the map of its left/right counterpart
+        self.channel_order = list(range(len(names)))
+        for a, b in pairs:
+            i, j = names.index(a), names.index(b)
+            self.channel_order[i], self.channel_order[j] = j, i
         self.lr_axis = lr_axis
         self._flip = Flip(spatial_axis=lr_axis)
+
+    def swap_channels(self, maps: Any) -> Any:
+        """Exchange the channels of each left/right pair in ``maps`` (K, *spatial), K = foreground organs."""
+        if maps.shape[0] != len(self.channel_order):
+            raise ValueError(f"maps of shape {tuple(maps.shape)}: expected one channel per foreground organ of "
+                             f"{self.label_map.name!r} ({len(self.channel_order)})")
+        return maps[self.channel_order]
 
     def swap_ids(self, mask: Any) -> Any:
         """Exchange the ids of each left/right pair in ``mask`` (tensor or array, any shape)."""
@@ -248,7 +275,11 @@ class LeftRightSwapFlipd(RandomizableTransform, MapTransform):
                     f"lr_axis {self.lr_axis} does not exist"
                 )
             flipped = self._flip(value)
-            d[key] = self.swap_ids(flipped) if key in self.label_keys else flipped
+            if key in self.label_keys:
+                flipped = self.swap_ids(flipped)
+            elif key in self.map_keys:
+                flipped = self.swap_channels(flipped)
+            d[key] = flipped
         return d
 
 
@@ -358,14 +389,21 @@ class AugmentConfig:
 
 
 def train_transforms_from_config(
-    config: AugmentConfig, label_map: LabelMap | str, image_key: str = "image", label_key: str = "label"
+    config: AugmentConfig, label_map: LabelMap | str, image_key: str = "image", label_key: str = "label",
+    map_key: str | None = None,
 ) -> Compose:
     """Build the training chain of an :class:`AugmentConfig`; see
-    :func:`segmentation_train_transforms` for what it does."""
+    :func:`segmentation_train_transforms` for what it does (and ``map_key``)."""
     lmap = load_label_map(label_map)
-    keys = (image_key, label_key)
+    keys: tuple[str, ...] = (image_key, label_key)
     if image_key == label_key:
         raise ValueError(f"image_key and label_key must differ, both are {image_key!r}")
+    if map_key is not None:
+        if map_key in keys:
+            raise ValueError(f"map_key must differ from image_key and label_key, got {map_key!r}")
+        keys = (*keys, map_key)
+    # linear for the image and the maps, nearest for the mask so ids never blend
+    modes = tuple("nearest" if k == label_key else "bilinear" for k in keys)
     ratio = float(config.pos_neg_ratio)
     pos, neg = (1.0, 0.0) if math.isinf(ratio) else (ratio, 1.0)
     chain: list[Any] = [
@@ -415,14 +453,15 @@ def train_transforms_from_config(
                 rotate_range=angle if config.spatial_dims == 2 else (angle, angle, angle),
                 scale_range=config.max_scale,
                 # nearest for masks so ids never blend; zeros = background outside the rotated crop
-                mode=("bilinear", "nearest"),
+                mode=modes,
                 padding_mode="zeros",
             )
         )
     if config.flip_prob > 0:
         chain.extend(RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis) for axis in config.flip_axes)
     if config.allow_lr_flip and config.lr_flip_prob > 0:
-        chain.append(LeftRightSwapFlipd(lmap, keys=keys, label_keys=(label_key,), prob=config.lr_flip_prob))
+        chain.append(LeftRightSwapFlipd(lmap, keys=keys, label_keys=(label_key,), prob=config.lr_flip_prob,
+                                        map_keys=() if map_key is None else (map_key,)))
     if config.intensity_prob > 0:
         chain.append(RandScaleIntensityd(image_key, factors=config.intensity_scale, prob=config.intensity_prob))
         chain.append(RandShiftIntensityd(image_key, offsets=config.intensity_shift, prob=config.intensity_prob))
@@ -438,6 +477,7 @@ def segmentation_train_transforms(
     allow_lr_flip: bool = False,
     image_key: str = "image",
     label_key: str = "label",
+    map_key: str | None = None,
     **options: Any,
 ) -> Compose:
     """MONAI dictionary transforms for fine-tuning a segmenter, left and right kept apart.
@@ -458,6 +498,10 @@ def segmentation_train_transforms(
         allow_lr_flip: allow left-right mirroring with id swap (off by default; never for hearts).
         image_key, label_key: sample keys of the image ``(C, *spatial)`` and of the integer mask
             ``(1, *spatial)``.
+        map_key: the key of pre-trained attention maps ``(K, *spatial)`` made on the whole image
+            (:class:`~mosmoskit.data.transforms.WholeImageMapsd`), or None. They get every
+            spatial transform of the image (linear interpolation, zeros outside), their left/right
+            channels are exchanged by a left-right mirror, and no intensity transform.
         **options: any other field of :class:`AugmentConfig` (``flip_prob``,
             ``max_rotation_deg``, ``intensity_shift``, ...).
 
@@ -483,4 +527,5 @@ def segmentation_train_transforms(
         allow_lr_flip=allow_lr_flip,
         **options,
     )
-    return train_transforms_from_config(config, label_map, image_key=image_key, label_key=label_key)
+    return train_transforms_from_config(config, label_map, image_key=image_key, label_key=label_key,
+                                        map_key=map_key)

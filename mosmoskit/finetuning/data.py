@@ -20,10 +20,19 @@ The split follows the protocol of DESIGN.md section 2 (see :mod:`mosmoskit.data.
 same side of every split.
 
 Training samples go through one flat MONAI ``Compose``: load (RAS, optional resampling to
-``spacing``), label check, HU window, then the left-right-safe augmentations and the foreground
-balanced random crops of :func:`~mosmoskit.data.augment.segmentation_train_transforms`. The
-deterministic prefix is cached by ``CacheDataset``; the random suffix is re-seeded per sample by
-the training loop, which keeps a resumed run exact.
+``spacing``), label check, the pre-trained attention maps of the whole image (for a segmenter that
+fuses maps from a frozen map branch: :func:`fusion_map_transform`), HU window, then the
+left-right-safe augmentations and the foreground balanced random crops of
+:func:`~mosmoskit.data.augment.segmentation_train_transforms`. The deterministic prefix, maps
+included, is cached by ``CacheDataset``; the random suffix is re-seeded per sample by the training
+loop, which keeps a resumed run exact.
+
+The maps (key ``"maps"``, K float32 channels) are made once per case on the whole image in HU,
+at the pre-training geometry (:func:`mosmoskit.pretraining.maps.whole_image_maps`), before the
+intensity window and every augmentation; every crop, rotation, scaling and flip then applies to
+them as to the image (a left-right mirror also exchanges the left/right organ channels), and no
+intensity augmentation touches them. Validation cases carry them whole, and the sliding window
+cuts them with the image (:func:`mosmoskit.finetuning.task.sliding_window_probabilities`).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ __all__ = [
     "canonical_spacing",
     "ensure_phantom_cohort",
     "eval_transforms",
+    "fusion_map_transform",
     "make_train_dataset",
     "make_val_loader",
     "median_spacing",
@@ -57,6 +67,8 @@ __all__ = [
 ]
 
 KEYS = ("image", "label")
+#: the sample key of the pre-trained attention maps (K channels, made on the whole image)
+MAPS_KEY = "maps"
 
 
 @dataclass(frozen=True)
@@ -252,45 +264,79 @@ def median_spacing(paths: Sequence[str | Path], ndim: int) -> tuple[float, ...]:
 
 
 # ----------------------------------------------------------------------------------- pipelines
-def _base(config: FinetuneConfig, label_map: LabelMap) -> list[Any]:
+def fusion_map_transform(model: Any, device: str = "cpu") -> Any:
+    """The transform that adds a segmenter's fused maps to each whole case, or None.
+
+    Args:
+        model: the segmenter to fine-tune (a ``MosmosSegmenter``).
+        device: where the maps are made (a frozen CPU copy of the map branch by default).
+
+    Returns:
+        A :class:`~mosmoskit.data.transforms.WholeImageMapsd` (key ``"maps"``) with a frozen copy
+        of ``model.map_model``, its pre-training config and its map settings, when the model
+        fuses maps from a frozen map branch of its own (``model.precomputed_maps``); None
+        otherwise (no fusion, a shared encoder, or ``tune_tag_head``: those make their maps in
+        the network).
+    """
+    from mosmoskit.data.transforms import WholeImageMapsd
+
+    if not getattr(model, "precomputed_maps", False):
+        return None
+    return WholeImageMapsd(model.map_model, model.pretrain_config, image_key="image", maps_key=MAPS_KEY,
+                           normalize=model.map_normalize, scale_by_probability=model.scale_by_probability,
+                           device=device)
+
+
+def _base(config: FinetuneConfig, label_map: LabelMap, map_transform: Any = None) -> list[Any]:
     from mosmoskit.data.transforms import CheckLabelsd, ct_intensity_transform, load_transforms
 
     # 2D images take two axis codes (MONAI warns about a 3-letter code on a 2D image).
     load = load_transforms(KEYS, spacing=config.spacing or None, orientation="RAS"[: config.spatial_dims])
-    return [*load.transforms, CheckLabelsd(("label",), label_map), ct_intensity_transform(config.window)]
+    # The maps are made from the whole image in HU, before the window and every augmentation.
+    maps = [] if map_transform is None else [map_transform]
+    return [*load.transforms, CheckLabelsd(("label",), label_map), *maps, ct_intensity_transform(config.window)]
 
 
-def train_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
-    """Load + window + augment + ``crops_per_case`` random crops of ``roi_size``, as one flat ``Compose``.
+def _keys(map_transform: Any) -> tuple[str, ...]:
+    return KEYS if map_transform is None else (*KEYS, map_transform.maps_key)
+
+
+def train_transforms(config: FinetuneConfig, label_map: LabelMap, map_transform: Any = None) -> Any:
+    """Load + (maps) + window + augment + ``crops_per_case`` random crops of ``roi_size``, as one flat ``Compose``.
+
+    Args:
+        config: the run's config.
+        label_map: the masks' label map.
+        map_transform: :func:`fusion_map_transform` of the segmenter, or None (no maps).
 
     Returns:
         A ``monai.transforms.Compose`` mapping ``{"image": path, "label": path}`` to a list of
         ``crops_per_case`` dicts with plain tensors ``image`` (1, *roi_size) float32 in [0, 1]
-        (before intensity augmentation) and ``label`` (1, *roi_size) of class ids.
+        (before intensity augmentation), ``label`` (1, *roi_size) of class ids and, with
+        ``map_transform``, ``maps`` (K, *roi_size): the whole image's maps, cropped and
+        augmented with the image.
     """
-    from monai.transforms import Compose, EnsureTyped
+    from monai.transforms import Compose, EnsureTyped, SpatialPadd
 
-    from mosmoskit.data.augment import segmentation_train_transforms
+    from mosmoskit.data.augment import ClassIndicesd, segmentation_train_transforms
 
-    from monai.transforms import SpatialPadd
-
-    from mosmoskit.data.augment import ClassIndicesd
-
+    keys = _keys(map_transform)
     indices_key = "label_cls_indices" if config.class_balanced_crops else None
     augment = segmentation_train_transforms(
         config.roi_size, label_map, spatial_dims=config.spatial_dims, pos_neg_ratio=config.pos_neg_ratio,
         num_samples=config.crops_per_case, allow_lr_flip=config.allow_lr_flip,
         class_balanced=config.class_balanced_crops, label_indices_key=indices_key,
+        map_key=None if map_transform is None else map_transform.maps_key,
     )
     # Pad (as the augmentation would) and find each class's voxels once, in the cached prefix: the
     # class-balanced crop then draws its centre from stored indices instead of scanning the mask.
-    cached: list[Any] = [*_base(config, label_map)]
+    cached: list[Any] = [*_base(config, label_map, map_transform)]
     if indices_key:
-        cached += [SpatialPadd(KEYS, spatial_size=config.roi_size),
+        cached += [SpatialPadd(keys, spatial_size=config.roi_size),
                    ClassIndicesd("label", label_map.num_classes, output_key=indices_key)]
     # One flat chain: CacheDataset caches up to the first random transform, and a nested Compose
     # counts as random, which would switch caching off.
-    tail: list[Any] = [EnsureTyped(KEYS, track_meta=False)]
+    tail: list[Any] = [EnsureTyped(keys, track_meta=False)]
     if indices_key:
         from monai.transforms import DeleteItemsd
 
@@ -298,29 +344,33 @@ def train_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
     return Compose([*cached, *augment.transforms, *tail])
 
 
-def eval_transforms(config: FinetuneConfig, label_map: LabelMap) -> Any:
-    """Load + window, no augmentation: whole cases ``image`` (1, *shape), ``label`` (1, *shape)."""
+def eval_transforms(config: FinetuneConfig, label_map: LabelMap, map_transform: Any = None) -> Any:
+    """Load + (maps) + window, no augmentation: whole cases ``image`` (1, *shape), ``label`` (1, *shape)
+    and, with ``map_transform``, ``maps`` (K, *shape)."""
     from monai.transforms import Compose, EnsureTyped
 
-    return Compose([*_base(config, label_map), EnsureTyped(KEYS, track_meta=False)])
+    return Compose([*_base(config, label_map, map_transform), EnsureTyped(_keys(map_transform), track_meta=False)])
 
 
 #: Class indices kept per class by the class-balanced crops (``ClassIndicesd``'s default).
 _INDICES_PER_CLASS = 200_000
 
 
-def cache_memory_bytes(items: Sequence[dict[str, Any]], config: FinetuneConfig, num_classes: int) -> int:
+def cache_memory_bytes(items: Sequence[dict[str, Any]], config: FinetuneConfig, num_classes: int,
+                       num_maps: int = 0) -> int:
     """Host memory the training cache of ``items`` takes, from the file headers alone (bytes).
 
     Per case: the image and the label as float32 on the training grid (resampled to
-    ``config.spacing`` if set), plus, with ``class_balanced_crops``, the int64 voxel indices
-    kept per class (at most one per voxel, at most 200 000 per class). The padding to
-    ``roi_size`` and MONAI's metadata are left out (small next to the volumes).
+    ``config.spacing`` if set), the ``num_maps`` float32 attention-map channels, plus, with
+    ``class_balanced_crops``, the int64 voxel indices kept per class (at most one per voxel, at
+    most 200 000 per class). The padding to ``roi_size`` and MONAI's metadata are left out (small
+    next to the volumes).
 
     Args:
         items: the case dicts that will be cached (``image``, ``label`` paths).
         config: ``spatial_dims``, ``spacing``, ``class_balanced_crops``.
         num_classes: classes of the label map, background included.
+        num_maps: K, map channels cached per case (0: the model fuses no precomputed maps).
     """
     from mosmoskit.resources import case_voxels
 
@@ -328,17 +378,20 @@ def cache_memory_bytes(items: Sequence[dict[str, Any]], config: FinetuneConfig, 
     total = 0
     for item in items:
         voxels = case_voxels(item["image"], config.spatial_dims, spacing)
-        total += 4 * voxels + 4 * case_voxels(item["label"], config.spatial_dims, spacing)
+        total += 4 * voxels * (1 + int(num_maps)) + 4 * case_voxels(item["label"], config.spatial_dims, spacing)
         if config.class_balanced_crops:
             total += 8 * min(voxels, num_classes * _INDICES_PER_CLASS)
     return total
 
 
-def make_train_dataset(data: FinetuneData, config: FinetuneConfig, progress: bool = False) -> Any:
+def make_train_dataset(data: FinetuneData, config: FinetuneConfig, progress: bool = False,
+                       map_transform: Any = None) -> Any:
     """A MONAI ``CacheDataset`` of the labelled cases (each item: a list of ``crops_per_case`` crops).
 
     Before anything is loaded, the cache's size is estimated from the file headers
-    (:func:`cache_memory_bytes`) and compared with the available host memory.
+    (:func:`cache_memory_bytes`) and compared with the available host memory. With
+    ``map_transform`` (:func:`fusion_map_transform`) the cache holds each case's whole-image maps
+    too, made once while it is filled.
 
     Raises:
         ResourceError: (a ``MemoryError``) the cache would take more than 80 % of the available
@@ -352,7 +405,8 @@ def make_train_dataset(data: FinetuneData, config: FinetuneConfig, progress: boo
     items = data.items(data.split.labelled)
     # CacheDataset caches the first int(n * cache_rate) items, so the estimate sums exactly those.
     n_cached = min(len(items), int(len(items) * config.cache_rate))
-    needed = cache_memory_bytes(items[:n_cached], config, data.label_map.num_classes)
+    num_maps = 0 if map_transform is None else len(data.label_map.foreground_names)
+    needed = cache_memory_bytes(items[:n_cached], config, data.label_map.num_classes, num_maps=num_maps)
     resources.check_fits(
         needed, resources.available_memory()["host_bytes"],
         what=f"caching {n_cached} of {len(items)} training cases in memory (cache_rate={config.cache_rate})",
@@ -361,17 +415,18 @@ def make_train_dataset(data: FinetuneData, config: FinetuneConfig, progress: boo
     )
     with quiet_monai_readers():
         return CacheDataset(
-            items, transform=train_transforms(config, data.label_map),
+            items, transform=train_transforms(config, data.label_map, map_transform),
             cache_rate=config.cache_rate, num_workers=max(1, config.num_workers), progress=progress,
         )
 
 
-def make_val_loader(data: FinetuneData, config: FinetuneConfig) -> Any:
-    """A DataLoader of whole validation cases, one per batch (their shapes differ)."""
+def make_val_loader(data: FinetuneData, config: FinetuneConfig, map_transform: Any = None) -> Any:
+    """A DataLoader of whole validation cases, one per batch (their shapes differ); with
+    ``map_transform`` each carries its whole-image maps (``maps``, (1, K, *shape))."""
     from monai.data import Dataset
     from torch.utils.data import DataLoader
 
-    dataset = Dataset(data.items(data.split.val), transform=eval_transforms(config, data.label_map))
+    dataset = Dataset(data.items(data.split.val), transform=eval_transforms(config, data.label_map, map_transform))
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=config.num_workers,
                       collate_fn=_collate_whole)
 
@@ -379,8 +434,11 @@ def make_val_loader(data: FinetuneData, config: FinetuneConfig) -> Any:
 def _collate_whole(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     import torch
 
-    return {
+    batch = {
         "image": torch.stack([i["image"] for i in items]),
         "label": torch.stack([i["label"] for i in items]),
         "case_id": [i["case_id"] for i in items],
     }
+    if items and MAPS_KEY in items[0]:
+        batch[MAPS_KEY] = torch.stack([i[MAPS_KEY] for i in items])
+    return batch

@@ -11,6 +11,14 @@
 4. segments every test case with the final model (sliding window over the whole scan, at the
    scan's own resolution) and computes per-organ Dice and HD95 (mm) against its label file.
 
+The fused attention maps (variants with a frozen map branch) are made once per whole case, at the
+pre-training geometry, by the same function everywhere
+(:func:`mosmoskit.pretraining.maps.whole_image_maps`): in the cached part of the training and
+validation pipelines (:func:`~mosmoskit.finetuning.data.fusion_map_transform`), and for each test
+case by :func:`~mosmoskit.inference.predict_volume`; crops, augmentations and sliding windows carry
+them as channels. The checkpoint holds the frozen map branch and its pre-training config, so
+``predict`` remakes them for a new scan.
+
 The run folder holds the checkpoints (``last.pt`` is the newest), ``history.jsonl``,
 ``config.json``, ``label_map.json``, ``metrics.json`` (protocol, split, per-organ summary,
 what was loaded), ``metrics.csv`` (one row per test case and organ; in 2D per test *patient*, its
@@ -389,7 +397,13 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     from mosmoskit.data.screening import screen_summary
     from mosmoskit.device import seed_everything
     from mosmoskit.evaluation.segmentation import pool_by_group, summarize_metrics, write_metrics_csv
-    from mosmoskit.finetuning.data import make_train_dataset, make_val_loader, median_spacing, prepare_finetuning_data
+    from mosmoskit.finetuning.data import (
+        fusion_map_transform,
+        make_train_dataset,
+        make_val_loader,
+        median_spacing,
+        prepare_finetuning_data,
+    )
     from mosmoskit.finetuning.task import SegmentationTask
     from mosmoskit.training import Trainer, TrainerConfig
 
@@ -431,8 +445,11 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         "training_spacing": list(training_spacing),
         "load_report": report.to_dict(),
     }
-    train_ds = make_train_dataset(data, config, progress=progress)
-    val_loader = make_val_loader(data, config)
+    # Models that fuse maps of a frozen map branch get them made once per whole case, in the cached
+    # prefix of the pipeline (before windowing and augmentation), and carried through crops and windows.
+    map_transform = fusion_map_transform(model)
+    train_ds = make_train_dataset(data, config, progress=progress, map_transform=map_transform)
+    val_loader = make_val_loader(data, config, map_transform=map_transform)
     # Only an encoder that pre-training filled has something to keep; a random one learns at lr.
     encoder_pretrained = bool(config.pretrained_checkpoint) and config.init_encoder
     task = SegmentationTask(model, label_map, config.roi_size, config.sw_batch_size, config.sw_overlap,

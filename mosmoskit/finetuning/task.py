@@ -5,12 +5,18 @@ sums and logs them. ``validate(loader)`` segments whole validation cases with a 
 (exactly as inference does) and returns their mean organ Dice. The validation cases come from the
 training pool only (see :mod:`mosmoskit.finetuning.data`): the test set is never looked at while
 training.
+
+A segmenter that fuses precomputed maps (``MosmosSegmenter.precomputed_maps``) gets them from the
+batch (``batch["maps"]``: the whole image's maps, cropped and augmented with the image); the
+sliding window cuts the maps with the image (the two are concatenated before
+``sliding_window_inference`` and split again for the model), so every window fuses the whole
+image's maps, never maps made from the window.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +24,15 @@ from torch import nn
 from mosmoskit.labels import LabelMap
 from mosmoskit.losses import SegmentationLoss
 
-__all__ = ["SegmentationTask", "per_class_dice", "sliding_window_probabilities"]
+__all__ = [
+    "SegmentationTask",
+    "check_maps_given",
+    "map_predictor",
+    "per_class_dice",
+    "sliding_window_probabilities",
+    "split_maps",
+    "with_maps",
+]
 
 
 def per_class_dice(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,6 +63,53 @@ def per_class_dice(prediction: torch.Tensor, label: torch.Tensor, num_classes: i
     return dice[1:]
 
 
+def with_maps(image: torch.Tensor, maps: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """``image`` and ``maps`` as one tensor for a sliding window, and the number of image channels.
+
+    Args:
+        image: (B, C, *spatial).
+        maps: (B, K, *spatial) the whole image's maps, or None.
+
+    Returns:
+        ``(x, C)``: x (B, C [+ K], *spatial); :func:`split_maps` of any window of x gives the
+        window's image and maps, cut at the same place.
+    """
+    if maps is None:
+        return image, image.shape[1]
+    if maps.shape[0] != image.shape[0] or maps.shape[2:] != image.shape[2:]:
+        raise ValueError(f"maps {tuple(maps.shape)} do not fit the image {tuple(image.shape)}: (B, K, *spatial) "
+                         f"with the image's B and spatial size")
+    return torch.cat([image, maps.to(image.dtype)], dim=1), image.shape[1]
+
+
+def split_maps(window: torch.Tensor, image_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The image and maps of a window of :func:`with_maps`'s tensor (maps None if it had none)."""
+    if window.shape[1] == image_channels:
+        return window, None
+    return window[:, :image_channels], window[:, image_channels:]
+
+
+def map_predictor(model: nn.Module, image_channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A sliding-window predictor: splits each window of :func:`with_maps` and calls
+    ``model(image, maps=maps)`` (``model(image)`` when there are no maps); returns the logits."""
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        image, maps = split_maps(window, image_channels)
+        return model(image) if maps is None else model(image, maps=maps)
+
+    return predictor
+
+
+def check_maps_given(model: nn.Module, maps: Any, what: str) -> None:
+    """Raise ``ValueError`` if ``model`` fuses precomputed maps and ``maps`` is None."""
+    if maps is None and getattr(model, "precomputed_maps", False):
+        raise ValueError(
+            f"{what}: this segmenter fuses maps made once per whole image (precomputed_maps), but the batch has no "
+            f"'maps'; build the data with mosmoskit.finetuning.data.fusion_map_transform(model), or compute them "
+            f"with model.whole_image_maps(image_hu)"
+        )
+
+
 def sliding_window_probabilities(
     model: nn.Module,
     image: torch.Tensor,
@@ -57,11 +118,12 @@ def sliding_window_probabilities(
     overlap: float = 0.25,
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
+    maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities of a whole image, averaged over overlapping windows (MONAI).
 
     Args:
-        model: maps (N, C_in, *roi_size) to logits (N, C, *roi_size).
+        model: maps (N, C_in, *roi_size) [and maps (N, K, *roi_size)] to logits (N, C, *roi_size).
         image: (B, C_in, *spatial), any spatial size (padded to ``roi_size`` where smaller).
         roi_size: the window, the network's input size.
         sw_batch_size: windows per forward pass.
@@ -69,17 +131,22 @@ def sliding_window_probabilities(
         sw_device: where windows are computed (default: the image's device).
         device: where the output is accumulated (default: the image's device); ``"cpu"`` keeps
             a large volume's output off the GPU.
+        maps: (B, K, *spatial) the whole image's maps, or None: each window passes the maps'
+            window to ``model(window, maps=...)`` (zero-padded wherever the image is padded).
 
     Returns:
         (B, C, *spatial) float32 probabilities on ``device``.
     """
     from monai.inferers import sliding_window_inference
 
+    x, channels = with_maps(image, maps)
+    logits = map_predictor(model, channels)
+
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(window).float(), dim=1)
+        return torch.softmax(logits(window).float(), dim=1)
 
     out = sliding_window_inference(
-        image, roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
+        x, roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
         overlap=overlap, mode="gaussian", sw_device=sw_device, device=device,
     )
     return out.as_tensor() if hasattr(out, "as_tensor") else out
@@ -147,18 +214,26 @@ class SegmentationTask:
         """Loss terms of one batch.
 
         Args:
-            batch: ``image`` (B, C_in, *roi_size) float, ``label`` (B, 1, *roi_size) class ids.
+            batch: ``image`` (B, C_in, *roi_size) float, ``label`` (B, 1, *roi_size) class ids, and
+                for a segmenter with precomputed maps ``maps`` (B, K, *roi_size).
 
         Returns:
             ``{"dice": ..., "ce": ...}``, scalar tensors.
+
+        Raises:
+            ValueError: a segmenter with precomputed maps and a batch without ``maps``.
         """
-        return self.loss(self.model(batch["image"]), batch["label"])
+        maps = batch.get("maps")
+        check_maps_given(self.model, maps, "training step")
+        logits = self.model(batch["image"]) if maps is None else self.model(batch["image"], maps=maps)
+        return self.loss(logits, batch["label"])
 
     def validate(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Mean organ Dice of whole validation cases (sliding window, argmax).
 
         Args:
-            loader: batches of whole cases, ``image`` (1, C_in, *spatial), ``label`` (1, 1, *spatial).
+            loader: batches of whole cases, ``image`` (1, C_in, *spatial), ``label`` (1, 1, *spatial),
+                and ``maps`` (1, K, *spatial) for a segmenter with precomputed maps.
 
         Returns:
             ``{"val_dice": mean over cases of the mean Dice over organs present in the case's
@@ -166,8 +241,9 @@ class SegmentationTask:
         """
         per_case = []
         for batch in loader:
+            check_maps_given(self.model, batch.get("maps"), "validation")
             probs = sliding_window_probabilities(self.model, batch["image"], self.roi_size, self.sw_batch_size,
-                                                 self.overlap)
+                                                 self.overlap, maps=batch.get("maps"))
             predicted = probs.argmax(dim=1)
             for b in range(predicted.shape[0]):
                 dice = per_class_dice(predicted[b], batch["label"][b, 0], self.label_map.num_classes)
