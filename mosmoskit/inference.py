@@ -17,7 +17,12 @@ map on the same grid:
    the labels back in the file's own orientation;
 3. a 3D network slides a window of ``config.roi_size`` over the volume (MONAI
    ``sliding_window_inference``, Gaussian-weighted overlap); a 2D network segments the axial
-   slices (axis 2 in RAS) one batch of slices at a time, each with a sliding window in-plane;
+   slices (axis 2 in RAS) one batch of slices at a time, each with a sliding window in-plane.
+   A segmenter that fuses precomputed maps (``MosmosSegmenter.precomputed_maps``) gets the maps
+   of the whole scan first, made once on the HU scan at the work grid and at the pre-training
+   geometry (:meth:`MosmosSegmenter.whole_image_maps`, exactly as fine-tuning's training and
+   validation data made them); they are concatenated to the scan before the sliding window, so
+   each window fuses its part of the whole-scan maps;
 4. ``accumulate_on_cpu``: windows run on the model's device, but the (C, *shape) output is summed
    in CPU memory (MONAI's ``sw_device``/``device``), for volumes whose class probabilities do not
    fit on the GPU. It is switched on automatically, with one logged line, when the estimated
@@ -29,7 +34,7 @@ map on the same grid:
 :func:`predict_file` does the whole ``python -m mosmoskit predict`` job: read a NIfTI file or a
 DICOM folder, predict, write ``OUT.nii.gz`` with the input's shape and affine, a JSON sidecar
 (``OUT.json``) naming every label, and optionally the K pixel-tag attention maps as a 4D NIfTI
-(``OUT_attention.nii.gz``).
+(``OUT_attention.nii.gz``): the maps the model fused (:func:`attention_maps_volume`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ __all__ = [
     "PredictionFiles",
     "attention_maps_volume",
     "check_spacing",
+    "network_maps",
     "output_paths",
     "plan_accumulation",
     "predict_file",
@@ -144,8 +150,11 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _network_input(volume: Volume, config: Any) -> tuple[torch.Tensor, tuple[int, ...], bool]:
-    """The windowed scan as network input, and the grid the network works on.
+def _network_input(
+    volume: Volume, config: Any, window: bool = True
+) -> tuple[torch.Tensor | None, tuple[int, ...], bool]:
+    """The windowed scan as network input, and the grid the network works on (``window=False``:
+    only the grid, x is None).
 
     Returns:
         (x, work_shape, as_slices): x (1, 1, *shape) for a 3D model or a 2D model on a 2D image;
@@ -168,11 +177,35 @@ def _network_input(volume: Volume, config: Any) -> tuple[torch.Tensor, tuple[int
     if target is not None and as_slices:
         target = (*target, float(volume.spacing[2]))  # slices are resampled in-plane only
     work_shape = volume.shape if target is None else _resampled_shape(volume.shape, volume.spacing, target)
+    if not window:
+        return None, tuple(work_shape), as_slices
     x = torch.from_numpy(window_intensity(volume.array, config.window))[None, None]
     x = _resize(x, work_shape)
     if as_slices:
         x = x[0].permute(3, 0, 1, 2).contiguous()  # (1, X, Y, Z) -> (Z, 1, X, Y)
     return x, tuple(work_shape), as_slices
+
+
+def network_maps(model: nn.Module, volume: Volume, config: Any) -> torch.Tensor | None:
+    """The maps a segmenter with precomputed maps fuses, on the grid the network works on.
+
+    The scan in HU is resampled to the work grid as :func:`predict_volume` resamples it (linear),
+    and :meth:`MosmosSegmenter.whole_image_maps` makes its maps once (a 2D model: each axial
+    slice whole).
+
+    Returns:
+        (1, K, *work_shape) for a 3D model or a 2D model on a 2D image; (Z, K, X, Y') for a 2D
+        model on a volume (like the input of :func:`_network_input`); None for a model that
+        makes its maps in the network (or fuses none).
+    """
+    if not getattr(model, "precomputed_maps", False):
+        return None
+    _, work_shape, as_slices = _network_input(volume, config, window=False)
+    hu = _resize(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None, None], work_shape)[0, 0]
+    maps, _ = model.whole_image_maps(hu.numpy(), device=_model_device(model))
+    if as_slices:
+        return maps.permute(3, 0, 1, 2).contiguous()  # (K, X, Y, Z) -> (Z, K, X, Y)
+    return maps[None]
 
 
 def _sliding(
@@ -185,7 +218,7 @@ def _sliding(
     accumulate_on_cpu: bool,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Sliding-window output (N, C, *spatial) of ``predictor`` over ``x`` (N, 1, *spatial), on the CPU.
+    """Sliding-window output (N, C, *spatial) of ``predictor`` over ``x`` (N, C_in, *spatial), on the CPU.
 
     ``reduce`` (e.g. an argmax over classes) is applied to each chunk of slices before the chunks
     are joined, so a 2D model on a large volume never holds all class probabilities at once.
@@ -355,11 +388,16 @@ def predict_volume(
         if training_spacing is not None and len(training_spacing) != axes:
             raise ValueError(f"training_spacing must have {axes} values, got {tuple(training_spacing)}")
         check_spacing(volume.spacing[:axes], training_spacing, on_spacing_mismatch, spacing_tolerance, volume.source)
+    from mosmoskit.finetuning.task import map_predictor, with_maps
+
     model.eval()
     x, work_shape, as_slices = _network_input(volume, config)
+    # The whole scan's maps travel with it through the sliding window (precomputed-map models only).
+    x, channels = with_maps(x, network_maps(model, volume, config))
+    logits = map_predictor(model, channels)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(window).float(), dim=1)
+        return torch.softmax(logits(window).float(), dim=1)
 
     device = _model_device(model)
     keep_scores = return_probabilities or tuple(work_shape) != tuple(volume.shape)
@@ -388,9 +426,12 @@ def attention_maps_volume(
 ) -> np.ndarray:
     """The pixel-tag attention maps the model fuses, over a whole scan.
 
-    The maps are computed per window exactly as the segmenter computes them for fusion
-    (``MosmosSegmenter.attention_maps``: peak 1 per map, times the tag probability) and blended
-    like the segmentation windows.
+    For a model with precomputed maps (``MosmosSegmenter.precomputed_maps``: every variant with a
+    frozen map branch of its own) these are exactly the maps :func:`predict_volume` fuses: made
+    once on the whole scan (:func:`network_maps`, peak 1 per map, times the tag probability) and
+    resampled back to the scan's grid. A model that makes its maps in the network (shared encoder,
+    ``tune_tag_head``) makes them per window, as its forward does, and they are blended like the
+    segmentation windows.
 
     Args:
         model: a fine-tuned segmenter with a tag head (``fusion`` ``"input"`` or ``"decoder"``).
@@ -408,6 +449,17 @@ def attention_maps_volume(
     overlap = float(config.sw_overlap if overlap is None else overlap)
     sw_batch_size = int(config.sw_batch_size if sw_batch_size is None else sw_batch_size)
     model.eval()
+    if getattr(model, "precomputed_maps", False):
+        from mosmoskit import resources
+
+        _, work_shape, as_slices = _network_input(volume, config, window=False)
+        k = int(model.num_tags)
+        need = 4 * k * (math.prod(work_shape) + math.prod(volume.shape)) + 8 * math.prod(volume.shape)
+        resources.check_fits(need, resources.available_memory()["host_bytes"],
+                             what=f"the {k} attention maps of {volume.source} (grid {tuple(work_shape)}) in host "
+                                  f"memory",
+                             hint="crop the scan to the region of interest or resample it to a coarser voxel size")
+        return _back_to_volume(network_maps(model, volume, config), volume, as_slices).numpy()
     x, work_shape, as_slices = _network_input(volume, config)
     device = _model_device(model)
     classes = _num_classes(model)

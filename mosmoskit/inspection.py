@@ -15,7 +15,9 @@ parameters) and
    (:func:`~mosmoskit.evaluation.segmentation.organ_metrics`: Dice, HD95 in mm;
    :func:`~mosmoskit.evaluation.segmentation.pool_by_group` for the slices of a patient);
 4. picks the case to view (``case_id``, or the worst by mean Dice), computes its pixel-tag
-   attention maps when the model fuses them, and
+   attention maps when the model fuses them (:func:`~mosmoskit.inference.attention_maps_volume`:
+   the very maps ``predict`` fused, made once on each whole image at the pre-training geometry by
+   :func:`~mosmoskit.pretraining.maps.whole_image_maps`), and
 5. writes its prediction as NIfTI in the scan's own orientation, shape and affine (one file per
    image file; :func:`~mosmoskit.data.readers.save_like`, atomic), refusing to replace an existing
    file unless ``overwrite``.
