@@ -329,7 +329,20 @@ def test_each_network_and_fusion_mode_fine_tunes(tmp_path, cohorts, pretrained, 
     use_pretrained = fusion != "none" or dims == 3
     config = tiny_config(tmp_path / "run", dims, cohorts[dims], fusion=fusion, init_encoder=init_encoder,
                          pretrained_checkpoint=str(pretrained[dims]) if use_pretrained else "")
-    result = run_finetuning(config, progress=False)
+    from unittest import mock
+
+    from mosmoskit.models.segmenters import MosmosSegmenter
+
+    given, forward = [], MosmosSegmenter.forward
+
+    def spy(self, image, maps=None):
+        given.append(maps is not None)
+        return forward(self, image, maps)
+
+    with mock.patch.object(MosmosSegmenter, "forward", spy):
+        result = run_finetuning(config, progress=False)
+    # training steps, validation windows and test windows all fuse the whole image's maps, carried in
+    assert given and all(given) == (fusion != "none") and any(given) == (fusion != "none")
 
     train = [h for h in result.history if h["split"] == "train"]
     assert len(train) == 2 and all(math.isfinite(h["dice"]) and math.isfinite(h["ce"]) for h in train)
