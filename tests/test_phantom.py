@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -34,7 +35,7 @@ TINY_2D = dict(shape=(64, 64), spacing=(6.0, 6.0))
 # Written independently of the generator's template table: what a reader would take as a mention.
 TERMS = {
     "liver": r"\bliver\b|\bhepatic\b|hepatomegaly",
-    "spleen": r"\bspleen\b|\bsplenic\b(?!\s+veins?)|splenomegaly|splenectomy",
+    "spleen": r"\bspleen\b|\bsplenic\b(?!\s+veins?)|splenomegaly|splenectomy|asplenia",
     "gallbladder": r"gallbladder|gallstone|cholecyst|cholelithiasis",
     "esophagus": r"esophag",
     "stomach": r"stomach|gastric|gastrectomy",
@@ -47,7 +48,10 @@ TERMS = {
     "adrenal_gland_right": r"\bright adrenal|\badrenals\b|adrenal glands|bilateral adrenalectomy",
     "adrenal_gland_left": r"\bleft adrenal|\badrenals\b|adrenal glands|bilateral adrenalectomy",
 }
-ABSENCE_CUE = r"not visualized|absent|status post|ectomy\b|not included|at this level|in the field of view|in the scanned range"
+ABSENCE_CUE = (
+    r"not visualized|absent|status post|ectomy\b|not included|at this level|in the field of view|in the scanned range"
+    r"|agenesis|asplenia|absence of|interrupt|azygos continuation|not identified|resected|cavernous transformation"
+)
 
 
 def sentences(report: str) -> list[str]:
@@ -191,6 +195,60 @@ def test_mean_hu_per_organ(mid_case, organ, lo, hi):
     if not mask.any():
         pytest.skip(f"{organ} absent in this case")
     assert lo <= float(mid_case.image[mask].mean()) <= hi
+
+
+def _neighbour_labels(label: np.ndarray, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and HU of the 6 face neighbours of each voxel of ``mask``: two (n_voxels, 6) arrays."""
+    lab = np.pad(label, 1, constant_values=0)
+    img = np.pad(image, 1, constant_values=-1000.0)
+    idx = np.argwhere(mask) + 1
+    labs, hus = [], []
+    for axis in range(3):
+        for step in (-1, 1):
+            nb = idx.copy()
+            nb[:, axis] += step
+            labs.append(lab[tuple(nb.T)])
+            hus.append(img[tuple(nb.T)])
+    return np.stack(labs, 1), np.stack(hus, 1)
+
+
+def _upper_pole(case, organ: str) -> np.ndarray:
+    """World centroid of the top third (craniocaudally) of an organ's voxels."""
+    idx = np.argwhere(case.label == BTCV.id_of(organ))
+    world = (case.affine[:3, :3] @ idx.T).T + case.affine[:3, 3]
+    top = world[:, 2] >= np.quantile(world[:, 2], 2 / 3)
+    return world[top].mean(0)
+
+
+@pytest.mark.parametrize("preset", ["default", "pretraining"])
+def test_adrenals_sit_in_retroperitoneal_fat(preset):
+    """The right adrenal lies in the retrocaval fat (behind the IVC, medial to the liver, above the
+    right kidney), not inside the liver; the left one lateral to the aorta, anteromedial to the upper
+    left kidney. Both are mostly surrounded by fat."""
+    from scipy import ndimage
+
+    cfg = PhantomConfig() if preset == "default" else PhantomConfig.pretraining()
+    cfg = dataclasses.replace(cfg, absent_prob={}, congenital_absent_prob={})
+    liver, fat_share = BTCV.id_of("liver"), []
+    for index in range(4):
+        case = make_case(13, index, shape=(96, 96, 56), spacing=(4.0, 4.0, 5.0), config=cfg)
+        c = {o: _world_centroid(case, o) for o in ORGANS}
+        for organ, big in (("adrenal_gland_right", ("liver",)), ("adrenal_gland_left", ("spleen", "stomach"))):
+            mask = case.label == BTCV.id_of(organ)
+            labs, hus = _neighbour_labels(case.label, case.image, mask)
+            for neighbour in big:
+                touching = (labs == BTCV.id_of(neighbour)).any(1).mean()
+                assert touching < 0.3, (index, organ, neighbour, touching)
+            ring = ndimage.binary_dilation(mask) & ~mask
+            assert (case.label[ring] == liver).mean() < 0.5, (index, organ)  # never enclosed by the liver
+            fat_share.append(((labs == 0) & (hus < -30)).any(1).mean())
+        right, left = c["adrenal_gland_right"], c["adrenal_gland_left"]
+        assert right[1] < c["inferior_vena_cava"][1] and right[2] > c["kidney_right"][2]  # behind the IVC, above the kidney
+        assert c["inferior_vena_cava"][0] < right[0] < c["kidney_right"][0]
+        assert c["kidney_left"][0] < left[0] < c["aorta"][0]  # between the left kidney and the aorta
+        pole = _upper_pole(case, "kidney_left")
+        assert left[0] > pole[0] and left[1] > pole[1] - 3.0 and left[2] > c["kidney_left"][2], (left, pole)
+    assert np.mean(fat_share) > 0.7 and min(fat_share) > 0.4, np.round(fat_share, 2)
 
 
 def test_same_anatomy_at_any_resolution():
@@ -384,6 +442,29 @@ def test_random_findings_reports_are_consistent_and_varied():
         texts.add(text)
     assert len(texts) == 300
     assert write_report(findings, np.random.default_rng(5)) == write_report(findings, np.random.default_rng(5))
+
+
+def test_random_findings_with_extended_wording_and_new_states():
+    """Atrophic organs, congenital absences and the extended wording keep the report-tag contract."""
+    from mosmoskit.data.phantom_reports import has_wording
+
+    rng = np.random.default_rng(7)
+    style = ReportStyle(extended_phrasing=True, denial_prob=0.7)
+    for _ in range(300):
+        findings = {}
+        for organ in ORGANS:
+            r = rng.random()
+            if r < 0.2:
+                kind = "congenital" if rng.random() < 0.5 and has_wording(organ, "congenital") else "resected"
+                findings[organ] = OrganFinding(False, absence=kind, mentioned=bool(rng.random() < 0.8))
+                continue
+            atrophic = bool(r < 0.4 and has_wording(organ, "atrophic"))
+            enlarged = not atrophic and bool(rng.random() < 0.3)
+            n = int(rng.integers(0, 3))
+            findings[organ] = OrganFinding(True, enlarged=enlarged, atrophic=atrophic, n_lesions=n,
+                                           lesion_size_mm=float(n * 6), mentioned=bool(rng.random() < 0.8))
+        text = write_report(findings, rng, style)
+        check_report_matches_tags(text, tags_from_findings(findings))
 
 
 def test_report_and_finding_errors():

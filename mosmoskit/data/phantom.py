@@ -13,16 +13,22 @@ How a case is made:
    differences for the kidney's hilum and the spleen's concave face), placed by an atlas of
    plausible positions and scaled to the case's body size, then warped by a smooth random
    displacement field. Because nothing is defined in voxels, any ``shape``/``spacing`` renders the
-   same anatomy.
-2. **Findings.** Per organ: present (or surgically absent), enlarged, number of focal lesions, and
-   whether the report mentions it; probabilities live in :class:`PhantomConfig`. Design note: the
-   organs vary in presence *and* size *and* lesions, so that reports carry information about every
-   organ (an organ that never varies teaches the tag head nothing).
+   same anatomy. The solids live in :mod:`mosmoskit.data.phantom_shapes`; the adrenals sit in
+   retroperitoneal fat (a fat halo is carved out of the liver, spleen and stomach around them).
+2. **Findings.** Per organ: present (or surgically / congenitally absent), enlarged or atrophic,
+   number of focal lesions, and whether the report mentions it; probabilities live in
+   :class:`PhantomConfig`. Design note: the organs vary in presence *and* size *and* lesions, so
+   that reports carry information about every organ (an organ that never varies teaches the tag
+   head nothing); :meth:`PhantomConfig.pretraining` enriches all of it for pre-training. An absent
+   organ's place is filled with what fills it in patients (fat, bowel loops, a Roux limb, an azygos
+   vein, collaterals: :mod:`mosmoskit.data.phantom_absence`), never left as an organ-shaped hole.
 3. **Rendering.** Each voxel centre is warped and tested against the shapes; tissues get
    portal-venous-phase Hounsfield values, smooth per-tissue texture, a slight blur (partial volume)
    and Gaussian noise. Labels are painted in :data:`PAINT_ORDER`, so vessels carve through
    parenchyma; lesions change intensities only (labelled as their organ, as BTCV does).
-4. **Report.** :func:`mosmoskit.data.phantom_reports.write_report` writes text from the findings.
+4. **Report.** :func:`mosmoskit.data.phantom_reports.compose_report` writes text from the findings
+   and records which findings its sentences deny, giving the ground-truth organ tags and finding
+   tags (:mod:`mosmoskit.reports.findings`) of every image.
 
 2D mode renders axial planes directly at chosen ``z`` (no 3D volume is made), for the 2D U-Net
 path. Slice-level findings and tags are defined in :func:`make_slices`.
@@ -51,7 +57,27 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mosmoskit.data.phantom_reports import OrganFinding, ReportStyle, tags_from_findings, write_report
+from mosmoskit.data.phantom_absence import AZYGOS_RADIUS_MM, azygos_path, bowel_tube, conduit_path, replacements
+from mosmoskit.data.phantom_reports import (
+    OrganFinding,
+    ReportStyle,
+    compose_report,
+    finding_tags_from_findings,
+    has_wording,
+    tags_from_findings,
+)
+from mosmoskit.data.phantom_shapes import (
+    Difference,
+    Ellipsoid,
+    FourierField,
+    HalfSpace,
+    Intersection,
+    Shape,
+    Tube,
+    Union,
+    Wobbly,
+    rotation,
+)
 from mosmoskit.labels import load_label_map
 
 __all__ = [
@@ -170,6 +196,35 @@ def _default_lesions() -> dict[str, float]:
             "gallbladder": 0.12, "adrenal_gland_right": 0.05, "adrenal_gland_left": 0.05}
 
 
+# The enriched pre-training preset (PhantomConfig.pretraining); docs/phantom.md explains the numbers.
+# Absence: surgical + congenital = 20-35% of patients for every organ that can be missing. Both
+# kidneys drawn absent keep the right one, so the right kidney's draw is raised to give the same
+# effective rate as the left: p_right = p / (1 - p).
+_PRETRAIN_ABSENT: dict[str, float] = {
+    "spleen": 0.25, "gallbladder": 0.27, "kidney_right": 0.22, "kidney_left": 0.15, "adrenal_gland_right": 0.2,
+    "adrenal_gland_left": 0.2, "stomach": 0.22, "pancreas": 0.22, "esophagus": 0.22,
+    "portal_vein_and_splenic_vein": 0.2,
+}
+_PRETRAIN_CONGENITAL: dict[str, float] = {
+    "spleen": 0.05, "gallbladder": 0.05, "kidney_right": 0.11, "kidney_left": 0.1, "adrenal_gland_right": 0.05,
+    "adrenal_gland_left": 0.05, "inferior_vena_cava": 0.25,
+}
+_PRETRAIN_ENLARGED: dict[str, float] = {
+    "liver": 0.25, "spleen": 0.25, "kidney_right": 0.15, "kidney_left": 0.15, "gallbladder": 0.15, "stomach": 0.2,
+    "aorta": 0.25, "pancreas": 0.15, "adrenal_gland_right": 0.15, "adrenal_gland_left": 0.15, "esophagus": 0.15,
+    "inferior_vena_cava": 0.15, "portal_vein_and_splenic_vein": 0.2,
+}
+_PRETRAIN_ATROPHIC: dict[str, float] = {
+    "liver": 0.2, "spleen": 0.15, "kidney_right": 0.15, "kidney_left": 0.15, "gallbladder": 0.15, "pancreas": 0.2,
+    "adrenal_gland_right": 0.15, "adrenal_gland_left": 0.15, "inferior_vena_cava": 0.15,
+}
+_PRETRAIN_LESIONS: dict[str, float] = {
+    "liver": 0.35, "spleen": 0.25, "kidney_right": 0.3, "kidney_left": 0.3, "pancreas": 0.25, "gallbladder": 0.3,
+    "adrenal_gland_right": 0.25, "adrenal_gland_left": 0.25, "stomach": 0.2, "esophagus": 0.2, "aorta": 0.2,
+    "inferior_vena_cava": 0.2, "portal_vein_and_splenic_vein": 0.25,
+}
+
+
 def _check_range(name: str, value: Sequence[float], lo: float = -math.inf, hi: float = math.inf) -> None:
     if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
         raise ValueError(f"PhantomConfig.{name} must be a (low, high) pair with {lo} <= low <= high <= {hi}, got {value!r}")
@@ -193,17 +248,32 @@ class PhantomConfig:
         global_shift_mm: standard deviation of the whole anatomy's craniocaudal shift (breathing,
             positioning).
         size_jitter: standard deviation of the log of each organ's size factor.
+        organ_size_from_body: exponent of the abdominal cavity's scale in every organ's size: 1
+            (the default) scales organs with the cavity, so a patient with thick subcutaneous fat
+            has small organs; 0 makes organ size independent of the body.
         deformation_mm: maximum displacement of the smooth random warp of the whole anatomy.
         boundary_wobble: relative amplitude of the smooth per-organ boundary deformation.
-        absent_prob: organ -> probability that it is surgically absent (at most one kidney is).
+        absent_prob: organ -> probability that it is surgically absent (at most one kidney is:
+            when both are drawn absent the right one is kept). For the portal/splenic vein the
+            absence is a chronic occlusion with cavernous transformation (see
+            :mod:`mosmoskit.data.phantom_absence` for what fills each organ's place).
+        congenital_absent_prob: organ -> probability that it is congenitally absent (renal or
+            adrenal agenesis, asplenia, gallbladder agenesis, interrupted IVC with azygos
+            continuation). Drawn from the same number as ``absent_prob``, so
+            ``absent_prob + congenital_absent_prob`` is the organ's absence rate and must be <= 1.
         enlarged_prob: organ -> probability that it is enlarged (distended, aneurysmal).
         enlarged_scale: range of the size factor of an enlarged organ.
+        atrophic_prob: organ -> probability that it is atrophic (cirrhotic liver, small spleen or
+            kidney, contracted gallbladder, flat IVC, pancreatic or adrenal atrophy); only organs
+            with atrophic wording (:func:`~mosmoskit.data.phantom_reports.has_wording`). Drawn from
+            the same number as ``enlarged_prob`` (an organ is never both), so their sum must be <= 1.
+        atrophic_scale: range of the size factor of an atrophic organ.
         lesion_prob: organ -> probability that it holds focal lesions.
         max_lesions: a lesion-bearing organ holds 1..max_lesions lesions.
         lesion_diameter_mm: range of lesion diameters (shrunk to fit small organs).
         mention_prob: probability that a normal present organ is mentioned in the report.
-        mention_prob_abnormal: same for an enlarged or lesion-bearing organ.
-        mention_prob_absent: same for a surgically absent organ.
+        mention_prob_abnormal: same for an enlarged, atrophic or lesion-bearing organ.
+        mention_prob_absent: same for a surgically or congenitally absent organ.
         bowel_loops: range of the number of unlabelled small-bowel loops (distractors).
         enhancement_jitter: relative variation of contrast enhancement between cases.
         noise_hu: standard deviation of the Gaussian image noise.
@@ -223,7 +293,11 @@ class PhantomConfig:
 
     Raises:
         ValueError: a probability outside [0, 1], a reversed or out-of-range pair, a non-BTCV organ
-            name in a probability table, or a non-positive size.
+            name in a probability table, an atrophic organ without atrophic wording, two
+            probabilities drawn from one number that sum above 1, or a non-positive size.
+
+    :meth:`pretraining` gives the enriched pre-training preset; ``PhantomConfig()`` the default
+    cohort (whose cases never draw the congenital and atrophic states).
     """
 
     body_width_mm: tuple[float, float] = (290.0, 360.0)
@@ -233,11 +307,15 @@ class PhantomConfig:
     position_jitter_mm: float = 5.0
     global_shift_mm: float = 8.0
     size_jitter: float = 0.08
+    organ_size_from_body: float = 1.0
     deformation_mm: float = 5.0
     boundary_wobble: float = 0.07
     absent_prob: Mapping[str, float] = field(default_factory=_default_absent)
+    congenital_absent_prob: Mapping[str, float] = field(default_factory=dict)
     enlarged_prob: Mapping[str, float] = field(default_factory=_default_enlarged)
     enlarged_scale: tuple[float, float] = (1.25, 1.45)
+    atrophic_prob: Mapping[str, float] = field(default_factory=dict)
+    atrophic_scale: tuple[float, float] = (0.6, 0.8)
     lesion_prob: Mapping[str, float] = field(default_factory=_default_lesions)
     max_lesions: int = 3
     lesion_diameter_mm: tuple[float, float] = (8.0, 26.0)
@@ -260,9 +338,10 @@ class PhantomConfig:
         _check_range("subcutaneous_fat_mm", self.subcutaneous_fat_mm, 0.0, 80.0)
         _check_range("muscle_wall_mm", self.muscle_wall_mm, 1.0, 40.0)
         _check_range("enlarged_scale", self.enlarged_scale, 1.0, 3.0)
+        _check_range("atrophic_scale", self.atrophic_scale, 0.3, 1.0)
         _check_range("lesion_diameter_mm", self.lesion_diameter_mm, 1.0, 80.0)
         _check_range("bowel_loops", self.bowel_loops, 0, 40)
-        for name in ("position_jitter_mm", "global_shift_mm", "size_jitter", "deformation_mm",
+        for name in ("position_jitter_mm", "global_shift_mm", "size_jitter", "organ_size_from_body", "deformation_mm",
                      "boundary_wobble", "enhancement_jitter", "noise_hu", "blur_mm"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"PhantomConfig.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -271,7 +350,7 @@ class PhantomConfig:
                 f"PhantomConfig: boundary_wobble must be < 0.5 and enhancement_jitter < 1, got "
                 f"{self.boundary_wobble!r} and {self.enhancement_jitter!r}"
             )
-        for name in ("absent_prob", "enlarged_prob", "lesion_prob"):
+        for name in ("absent_prob", "congenital_absent_prob", "enlarged_prob", "atrophic_prob", "lesion_prob"):
             table = dict(getattr(self, name))
             unknown = [k for k in table if k not in ORGANS]
             if unknown:
@@ -279,6 +358,14 @@ class PhantomConfig:
             for organ, p in table.items():
                 _check_prob(f"{name}[{organ!r}]", p)
             object.__setattr__(self, name, table)
+        no_wording = sorted(o for o, p in self.atrophic_prob.items() if p > 0 and not has_wording(o, "atrophic"))
+        if no_wording:
+            raise ValueError(f"PhantomConfig.atrophic_prob: organs {no_wording} have no atrophic form (no report wording)")
+        for a, b in (("absent_prob", "congenital_absent_prob"), ("enlarged_prob", "atrophic_prob")):
+            over = {o: round(getattr(self, a).get(o, 0.0) + getattr(self, b).get(o, 0.0), 6) for o in ORGANS}
+            over = {o: v for o, v in over.items() if v > 1.0}
+            if over:
+                raise ValueError(f"PhantomConfig.{a} + {b} must be <= 1 per organ (one number decides both), got {over}")
         for name in ("mention_prob", "mention_prob_abnormal", "mention_prob_absent", "out_of_plane_mention_prob",
                      "scan_range_prob", "out_of_range_mention_prob"):
             _check_prob(name, getattr(self, name))
@@ -288,6 +375,38 @@ class PhantomConfig:
             raise ValueError(f"PhantomConfig.slice_min_pixels must be >= 1, got {self.slice_min_pixels!r}")
         if isinstance(self.report, Mapping):
             object.__setattr__(self, "report", ReportStyle(**dict(self.report)))
+
+    @classmethod
+    def pretraining(cls, **overrides: Any) -> PhantomConfig:
+        """The enriched pre-training cohort: every organ's presence, size and findings vary.
+
+        In the default cohort an organ's tag is nearly always predictable without looking at it:
+        absence mostly means "not at this slice level", only spleen, gallbladder, kidneys and
+        adrenals are ever missing, and findings never become tags. Here each of the 13 organs that
+        can be is absent (surgically or congenitally) in 20-35% of patients, and enlarged, atrophic
+        or lesion-bearing in an enriched share, all drawn independently of position and slice
+        level; anatomy varies as much as between real patients (body 280-380 mm wide, organs
+        displaced by about 1-2 cm, liver volume +-20-30%), so a fixed atlas is no shortcut; and
+        the reports use the extended wording, which also denies findings ("no hepatomegaly").
+        ``docs/phantom.md`` tabulates the numbers and the reasons.
+
+        Args:
+            overrides: fields to change from the preset (``scan_range_prob=0.5``, ...).
+
+        Returns:
+            A :class:`PhantomConfig`.
+        """
+        values: dict[str, Any] = dict(
+            body_width_mm=(280.0, 380.0), body_depth_ratio=(0.62, 0.84), subcutaneous_fat_mm=(6.0, 34.0),
+            muscle_wall_mm=(6.0, 15.0), position_jitter_mm=10.0, global_shift_mm=15.0, size_jitter=0.1,
+            organ_size_from_body=0.4,
+            deformation_mm=10.0, boundary_wobble=0.09,
+            absent_prob=_PRETRAIN_ABSENT, congenital_absent_prob=_PRETRAIN_CONGENITAL, enlarged_prob=_PRETRAIN_ENLARGED,
+            atrophic_prob=_PRETRAIN_ATROPHIC, lesion_prob=_PRETRAIN_LESIONS, out_of_plane_mention_prob=0.15,
+            report=ReportStyle(extended_phrasing=True),
+        )
+        values.update(overrides)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (stored in ``dataset.json``); :meth:`from_dict` inverts it."""
@@ -304,245 +423,6 @@ class PhantomConfig:
             if f.name in values and isinstance(values[f.name], list):
                 values[f.name] = tuple(values[f.name])
         return cls(**values)
-
-
-# ============================================================================================
-# Smooth random fields
-# ============================================================================================
-@dataclass(frozen=True)
-class FourierField:
-    """A smooth random scalar field in physical space: a sum of plane cosine waves.
-
-    Defined in millimetres, so it is the same function whatever grid samples it.
-
-    Args:
-        wave: (K, 3) wave vectors in radians per mm.
-        phase: (K,) phases.
-        weight: (K,) amplitudes.
-    """
-
-    wave: np.ndarray
-    phase: np.ndarray
-    weight: np.ndarray
-
-    @classmethod
-    def random(cls, rng: np.random.Generator, n_terms: int, wavelength_mm: tuple[float, float],
-                bounded: bool = False) -> FourierField:
-        """Draw a field with ``n_terms`` waves of random direction and log-uniform wavelength.
-
-        Args:
-            rng: source of randomness.
-            n_terms: number of cosine waves.
-            wavelength_mm: (shortest, longest) wavelength in mm; sets how smooth the field is.
-            bounded: scale so that ``|field| <= 1`` everywhere (for displacements); otherwise the
-                field has unit variance (for textures).
-        """
-        direction = rng.normal(size=(n_terms, 3))
-        direction /= np.linalg.norm(direction, axis=1, keepdims=True) + 1e-12
-        wavelength = np.exp(rng.uniform(np.log(wavelength_mm[0]), np.log(wavelength_mm[1]), size=n_terms))
-        wave = direction * (2.0 * np.pi / wavelength)[:, None]
-        phase = rng.uniform(0.0, 2.0 * np.pi, size=n_terms)
-        weight = np.full(n_terms, 1.0 / n_terms if bounded else math.sqrt(2.0 / n_terms))
-        return cls(wave, phase, weight)
-
-    @property
-    def max_abs(self) -> float:
-        """An upper bound of ``|field|`` anywhere."""
-        return float(np.abs(self.weight).sum())
-
-    def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Evaluate at points given by broadcastable coordinate arrays (mm); returns float32."""
-        out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.float32)
-        for (kx, ky, kz), ph, w in zip(self.wave, self.phase, self.weight):
-            out += np.float32(w) * np.cos(np.float32(kx) * x + np.float32(ky) * y + np.float32(kz) * z + np.float32(ph))
-        return out
-
-
-# ============================================================================================
-# Implicit shapes in millimetres. level(x, y, z) < 1 inside, > 1 outside.
-# ============================================================================================
-class Shape:
-    """An implicit solid: ``level < 1`` inside. Subclasses give ``level`` and ``bounds``."""
-
-    def level(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-        """Axis-aligned box (lo, hi) in mm that contains the solid."""
-        raise NotImplementedError
-
-    def contains(self, p: np.ndarray, threshold: float = 1.0) -> np.ndarray:
-        p = np.atleast_2d(np.asarray(p, dtype=np.float32))
-        return self.level(p[:, 0], p[:, 1], p[:, 2]) < threshold
-
-
-def rotation(z_deg: float = 0.0, y_deg: float = 0.0, x_deg: float = 0.0) -> np.ndarray:
-    """Rotation matrix R = Rz @ Ry @ Rx (columns are the rotated local axes)."""
-    a, b, c = np.deg2rad([z_deg, y_deg, x_deg])
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(c), -np.sin(c)], [0, np.sin(c), np.cos(c)]])
-    return rz @ ry @ rx
-
-
-@dataclass(frozen=True)
-class Ellipsoid(Shape):
-    """Superellipsoid ``(sum |u_i / r_i|^e)^(1/e)`` with ``u = R^T (p - center)``; ``e > 2`` is boxier."""
-
-    center: np.ndarray
-    radii: np.ndarray
-    rot: np.ndarray = field(default_factory=lambda: np.eye(3))
-    exponent: float = 2.0
-
-    def level(self, x, y, z):
-        dx, dy, dz = x - np.float32(self.center[0]), y - np.float32(self.center[1]), z - np.float32(self.center[2])
-        acc = None
-        for i in range(3):
-            r = self.rot[:, i]
-            u = (np.float32(r[0]) * dx + np.float32(r[1]) * dy + np.float32(r[2]) * dz) / np.float32(self.radii[i])
-            term = u * u if self.exponent == 2.0 else np.abs(u) ** np.float32(self.exponent)
-            acc = term if acc is None else acc + term
-        return np.sqrt(acc) if self.exponent == 2.0 else acc ** np.float32(1.0 / self.exponent)
-
-    def bounds(self):
-        half = np.abs(self.rot) @ np.asarray(self.radii, dtype=float)  # box of the rotated box
-        return np.asarray(self.center) - half, np.asarray(self.center) + half
-
-
-def _catmull_rom(points: np.ndarray, radii: np.ndarray, per_segment: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth curve through ``points`` (Catmull-Rom), radii interpolated linearly."""
-    if len(points) < 3:
-        return points, radii
-    p = np.vstack([2 * points[0] - points[1], points, 2 * points[-1] - points[-2]])
-    out, rad = [], []
-    t = np.linspace(0.0, 1.0, per_segment, endpoint=False)[:, None]
-    for i in range(1, len(p) - 2):
-        p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
-        seg = 0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
-        out.append(seg)
-        rad.append(radii[i - 1] + (radii[i] - radii[i - 1]) * t[:, 0])
-    out.append(points[-1:])
-    rad.append(radii[-1:])
-    return np.vstack(out), np.concatenate(rad)
-
-
-@dataclass(frozen=True)
-class Tube(Shape):
-    """A tube of varying radius along a polyline: level = distance / local radius."""
-
-    points: np.ndarray
-    radii: np.ndarray
-
-    @classmethod
-    def smooth(cls, points: Sequence[Sequence[float]], radii: Sequence[float] | float, per_segment: int = 4) -> Tube:
-        pts = np.asarray(points, dtype=float)
-        rad = np.broadcast_to(np.asarray(radii, dtype=float), (len(pts),)).copy()
-        p, r = _catmull_rom(pts, rad, per_segment)
-        return cls(p, r)
-
-    def level(self, x, y, z):
-        best = None
-        pts = self.points.astype(np.float32)
-        for a, b, ra, rb in zip(pts[:-1], pts[1:], self.radii[:-1], self.radii[1:]):
-            ab = b - a
-            denom = float(ab @ ab) or 1e-6
-            t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / np.float32(denom)
-            np.clip(t, 0.0, 1.0, out=t)
-            dx, dy, dz = x - (a[0] + t * ab[0]), y - (a[1] + t * ab[1]), z - (a[2] + t * ab[2])
-            lev = np.sqrt(dx * dx + dy * dy + dz * dz) / (np.float32(ra) + t * np.float32(rb - ra))
-            best = lev if best is None else np.minimum(best, lev)
-        return best
-
-    def bounds(self):
-        r = float(np.max(self.radii))
-        return self.points.min(0) - r, self.points.max(0) + r
-
-    def scaled(self, factor: float) -> Tube:
-        return Tube(self.points, self.radii * factor)
-
-
-@dataclass(frozen=True)
-class Union(Shape):
-    parts: tuple[Shape, ...]
-
-    def level(self, x, y, z):
-        out = self.parts[0].level(x, y, z)
-        for p in self.parts[1:]:
-            out = np.minimum(out, p.level(x, y, z))
-        return out
-
-    def bounds(self):
-        b = [p.bounds() for p in self.parts]
-        return np.min([lo for lo, _ in b], 0), np.max([hi for _, hi in b], 0)
-
-
-@dataclass(frozen=True)
-class Difference(Shape):
-    """``base`` minus ``cut``: inside base and outside cut."""
-
-    base: Shape
-    cut: Shape
-
-    def level(self, x, y, z):
-        return np.maximum(self.base.level(x, y, z), np.float32(2.0) - self.cut.level(x, y, z))
-
-    def bounds(self):
-        return self.base.bounds()
-
-
-@dataclass(frozen=True)
-class Intersection(Shape):
-    a: Shape
-    b: Shape
-
-    def level(self, x, y, z):
-        return np.maximum(self.a.level(x, y, z), self.b.level(x, y, z))
-
-    def bounds(self):
-        (l1, h1), (l2, h2) = self.a.bounds(), self.b.bounds()
-        return np.maximum(l1, l2), np.minimum(h1, h2)
-
-
-@dataclass(frozen=True)
-class HalfSpace(Shape):
-    """Points with ``coordinate[axis] > threshold`` (or below, with ``above=False``)."""
-
-    axis: int
-    threshold: float
-    above: bool = True
-
-    def level(self, x, y, z):
-        c = (x, y, z)[self.axis]
-        d = (c - np.float32(self.threshold)) if self.above else (np.float32(self.threshold) - c)
-        return np.float32(1.0) - d / np.float32(10.0)
-
-    def bounds(self):
-        lo, hi = np.full(3, -np.inf), np.full(3, np.inf)
-        (lo if self.above else hi)[self.axis] = self.threshold
-        return lo, hi
-
-
-@dataclass(frozen=True)
-class Wobbly(Shape):
-    """Boundary deformed by a smooth field: ``level * exp(amplitude * field)``.
-
-    The exponential keeps the factor positive however large the field gets, so the solid can only
-    bulge or dent, never turn inside out.
-    """
-
-    shape: Shape
-    field: FourierField
-    amplitude: float
-
-    def level(self, x, y, z):
-        return self.shape.level(x, y, z) * np.exp(np.float32(self.amplitude) * self.field(x, y, z))
-
-    def bounds(self):
-        lo, hi = self.shape.bounds()
-        # the factor is at least exp(-amplitude * max|field|), which scales the solid by its inverse
-        grow = math.exp(self.amplitude * self.field.max_abs)
-        centre, half = (lo + hi) / 2, (hi - lo) / 2
-        return centre - half * grow, centre + half * grow
 
 
 # ============================================================================================
@@ -702,17 +582,31 @@ def _jitter(rng: np.random.Generator, sd: float) -> np.ndarray:
 
 
 def _sample_findings(rng: np.random.Generator, config: PhantomConfig) -> dict[str, dict[str, Any]]:
-    """Presence, enlargement and lesion count per organ (mention is decided after rendering)."""
+    """Presence, size state and lesion count per organ (mention is decided after rendering).
+
+    Four numbers per organ, whatever the config: one decides absence (surgical below
+    ``absent_prob``, congenital in the next ``congenital_absent_prob``), one the size state
+    (enlarged below ``enlarged_prob``, atrophic in the next ``atrophic_prob``), one whether it has
+    lesions and one how many. A config without congenital or atrophic tables draws exactly what it
+    drew before they existed.
+    """
     out: dict[str, dict[str, Any]] = {}
     for organ in ORGANS:
-        absent = rng.random() < config.absent_prob.get(organ, 0.0)
-        enlarged = rng.random() < config.enlarged_prob.get(organ, 0.0)
+        p_surgical = config.absent_prob.get(organ, 0.0)
+        p_enlarged = config.enlarged_prob.get(organ, 0.0)
+        u_absent = rng.random()
+        u_size = rng.random()
         has_lesion = rng.random() < config.lesion_prob.get(organ, 0.0)
         n = int(rng.integers(1, config.max_lesions + 1))
-        out[organ] = {"present": not absent, "enlarged": enlarged and not absent,
+        absent = u_absent < p_surgical + config.congenital_absent_prob.get(organ, 0.0)
+        enlarged = u_size < p_enlarged and not absent
+        atrophic = not absent and p_enlarged <= u_size < p_enlarged + config.atrophic_prob.get(organ, 0.0)
+        out[organ] = {"present": not absent, "enlarged": enlarged, "atrophic": atrophic,
+                      "absence": None if not absent else "resected" if u_absent < p_surgical else "congenital",
                       "n_lesions": n if (has_lesion and not absent) else 0}
     if not out["kidney_right"]["present"] and not out["kidney_left"]["present"]:
         out["kidney_right"]["present"] = True  # a living patient keeps one kidney
+        out["kidney_right"]["absence"] = None
     return out
 
 
@@ -726,10 +620,16 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
 
     Returns:
         An :class:`Anatomy`; ``findings`` have ``mentioned=False`` (decided in :func:`make_case`).
+
+    Everything added after the first cohorts (atrophic sizes, the structures that fill an absent
+    organ's place) draws from a second generator derived from the case's noise seed, so the main
+    stream, and with it every default cohort, is unchanged.
     """
     cfg = config or PhantomConfig()
     noise_seed = int(rng.integers(2**62))
     facts = _sample_findings(rng, cfg)
+    aux = np.random.default_rng([noise_seed, 1])
+    absent = {o for o in ORGANS if not facts[o]["present"]}
 
     # Body -------------------------------------------------------------------------------
     width = rng.uniform(*cfg.body_width_mm)
@@ -757,12 +657,16 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
     texture_fine = FourierField.random(rng, 12, (4.0, 12.0))
     enhancement = 1.0 + rng.uniform(-cfg.enhancement_jitter, cfg.enhancement_jitter)
 
-    trunk_scale = math.sqrt(place.sx * place.sy)  # bigger patients have bigger organs
+    trunk_scale = math.sqrt(place.sx * place.sy)  # bigger patients have bigger organs ...
+    if cfg.organ_size_from_body != 1.0:  # ... but less so than their abdominal cavity
+        trunk_scale = trunk_scale ** cfg.organ_size_from_body
 
     def size(organ: str) -> float:
         s = trunk_scale * float(np.exp(rng.normal(0.0, cfg.size_jitter)))
         if facts[organ]["enlarged"]:
             s *= rng.uniform(*cfg.enlarged_scale)
+        elif facts[organ]["atrophic"]:
+            s *= aux.uniform(*cfg.atrophic_scale)
         return s
 
     def wobble(shape: Shape, amount: float = 1.0) -> Shape:
@@ -796,8 +700,9 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
         (Tube.smooth([hv_root, hv_root + place.vec(d) * 0.5, hv_root + place.vec(d)], [6.0, 4.5, 2.5]), "hepatic_vein")
         for d in ((75, -5, -45), (10, 30, -40), (-40, 40, -25))
     )
-    organs["liver"] = OrganSpec("liver", wobble(liver_shape, 0.5), "liver", hepatic_veins,
-                                anchor=place((70, 5, 30)) + liver_shift)
+    # A cirrhotic (atrophic) liver shrinks towards the dome and has a nodular contour.
+    organs["liver"] = OrganSpec("liver", wobble(liver_shape, 0.9 if facts["liver"]["atrophic"] else 0.5), "liver",
+                                hepatic_veins, anchor=place((70, 5, 30)) + liver_shift)
 
     # Gallbladder: pear under the liver, fundus anterior-inferior.
     s = size("gallbladder")
@@ -841,17 +746,9 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
         unlabelled(Ellipsoid(notch_c, np.array([10.0, 9.0, 16.0]) * s, rot), "renal_sinus", owner=organ)
         unlabelled(Ellipsoid(notch_c + hilum_dir * 4, np.array([5.0, 5.0, 9.0]) * s, rot), "urine", owner=organ)
 
-    # Adrenals: thin inverted-Y limbs superomedial to each kidney's upper pole.
-    for organ, kidney, sign in (("adrenal_gland_right", "kidney_right", 1), ("adrenal_gland_left", "kidney_left", -1)):
-        s = size(organ)
-        pole = kidney_poles[kidney]
-        apex = pole + np.array([-sign * 10.0, 12.0, 22.0]) + _jitter(rng, jit * 0.4)
-        limb_r = 3.8 * s
-        medial_end = apex + np.array([-sign * 6.0, -10.0, -24.0]) * s
-        lateral_end = apex + np.array([sign * 10.0, -14.0, -20.0]) * s
-        shape = Union((Tube.smooth([apex, medial_end], [limb_r, limb_r * 0.8]),
-                       Tube.smooth([apex, lateral_end], [limb_r, limb_r * 0.8])))
-        organs[organ] = OrganSpec(organ, shape, "adrenal", anchor=apex + (medial_end - apex) * 0.3)
+    # Adrenals: drawn here (the random stream keeps its order) but built below, beside the IVC and
+    # the aorta whose positions they follow.
+    adrenal_draws = {organ: (size(organ), _jitter(rng, jit * 0.4)) for organ in ("adrenal_gland_right", "adrenal_gland_left")}
 
     # Pancreas: oblique tube from the head (right of midline, in the duodenal C-loop) to the tail
     # (splenic hilum), lobulated by the fine texture.
@@ -882,7 +779,7 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
 
     # Stomach: J-shaped tube (fundus high, left and posterior; body down the left anterior wall;
     # antrum crossing to the pylorus right of midline); wall, fluid, and gas on the anterior side.
-    s = size("stomach")
+    s = s_stomach = size("stomach")
     st_pts = place.many([(-45, 0, 72), (-60, 16, 55), (-58, 36, 32), (-40, 52, 10), (-8, 58, 2), (20, 48, 10),
                          (34, 32, 16)]) + _jitter(rng, jit)
     st_r = np.array([30.0, 34.0, 31.0, 26.0, 20.0, 14.0, 9.0]) * s
@@ -901,6 +798,9 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
     gas_radius = rng.uniform(0.15, 0.35)
     es_inner = ((Tube(es.points, es.radii * gas_radius), "gas"),) if rng.random() < _ESOPHAGEAL_AIR_PROB else ()
     organs["esophagus"] = OrganSpec("esophagus", es, "esophagus", es_inner, clip="body", anchor=es_pts[1])
+    if "esophagus" in absent and "stomach" not in absent:
+        # Esophagectomy: the stomach, tubularised, is pulled up along the esophageal course.
+        organs["stomach"] = _gastric_conduit(conduit_path(st_pts, es.points), s_stomach)
 
     # Aorta: left of midline, anterior to the spine, bifurcating low; an aneurysm dilates the
     # infrarenal part.
@@ -918,13 +818,26 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
     s = size("inferior_vena_cava")
     ivc_ctrl = place.many([(22, -5, -105), (22, -4, -30), (20, -6, 25), (17, -14, 75), (10, -8, 120), (2, 5, 175)])
     ivc_ctrl = ivc_ctrl + _jitter(rng, jit * 0.3) * [1, 1, 0]
-    ivc = Tube.smooth(ivc_ctrl, np.array([11.0, 11.5, 12.0, 12.0, 13.0, 14.0]) * s)
+    ivc_r = np.array([11.0, 11.5, 12.0, 12.0, 13.0, 14.0]) * s
+    ivc: Shape = Tube.smooth(ivc_ctrl, ivc_r)
+    if facts["inferior_vena_cava"]["atrophic"]:
+        # A flat (slit-like) IVC is wider than deep: two thin tubes side by side, a stadium in section.
+        ivc = Union(tuple(Tube.smooth(ivc_ctrl + np.outer(sign * 0.5 * ivc_r, [1.0, 0.0, 0.0]), 0.55 * ivc_r)
+                          for sign in (-1.0, 1.0)))
     organs["inferior_vena_cava"] = OrganSpec("inferior_vena_cava", ivc, "ivc", clip="body", anchor=ivc_ctrl[2])
+    _add_adrenals(organs, adrenal_draws, kidney_poles, ivc_ctrl, ivc_r, ao_ctrl, ao_r, place)
+    # An interrupted IVC drains through an enlarged azygos vein beside the spine, with a rim of fat
+    # between it and the liver.
+    azygos = azygos_path(ivc_ctrl, spine_y)
+    venous_ctrl = azygos if "inferior_vena_cava" in absent else ivc_ctrl
+    if "inferior_vena_cava" in absent:
+        liver_spec = organs["liver"]
+        organs["liver"] = dataclasses.replace(liver_spec, shape=Difference(liver_spec.shape, Tube.smooth(azygos, AZYGOS_RADIUS_MM + 4.0)))
 
     # Unlabelled vessels: renal veins (the left one between aorta and SMA), SMA, SMV, iliacs.
     for organ in ("kidney_right", "kidney_left"):
         kc = organs[organ].anchor
-        end = np.array([ivc_ctrl[1][0], ivc_ctrl[1][1], kc[2] - 4])
+        end = np.array([venous_ctrl[1][0], venous_ctrl[1][1], kc[2] - 4])
         # the left renal vein crosses in front of the aorta, behind the SMA
         mid = np.array([kc[0] * 0.4, place((0, 8, 0))[1], kc[2]]) if organ == "kidney_left" else (kc + end) / 2
         unlabelled(Tube.smooth([kc, mid, end], [5.0, 5.0, 6.0]), "vein", owner=organ)
@@ -935,19 +848,12 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
     for sign in (1, -1):  # common iliac arteries and veins
         iliac_a = [ao_ctrl[-1], place((sign * 35, -6, -140)), place((sign * 62, -4, -190))]
         unlabelled(Tube.smooth(iliac_a, [8.0, 7.0, 6.0]), "artery")
-        iliac_v = [ivc_ctrl[0], place((sign * 40, -14, -140)), place((sign * 66, -12, -190))]
+        iliac_v = [venous_ctrl[0], place((sign * 40, -14, -140)), place((sign * 66, -12, -190))]
         unlabelled(Tube.smooth(iliac_v, [9.0, 8.0, 7.0]), "vein")
 
     # Unlabelled bowel: duodenal C-loop around the pancreatic head, colon frame, small-bowel loops.
     def bowel(points, radii, content: str, wall: float = 3.0, gas_frac: float = 0.0) -> None:
-        tube = Tube.smooth(points, radii)
-        inner = Tube(tube.points, np.maximum(tube.radii - wall, 1.0))
-        unlabelled(tube, "bowel_wall", "bowel")
-        unlabelled(inner, content, "bowel")
-        if gas_frac > 0:  # gas floats to the anterior (non-dependent) side in a supine patient
-            top = float(np.max(tube.points[:, 1] + tube.radii))
-            level = top - gas_frac * 2 * float(np.mean(tube.radii))
-            unlabelled(Intersection(inner, HalfSpace(1, level)), "gas", "bowel")
+        background.extend(bowel_tube(points, radii, content, wall, gas_frac))
 
     duo = place.many([(34, 32, 18), (50, 20, 16), (56, 6, 0), (52, 0, -26), (28, 0, -38), (0, 4, -42),
                       (-24, 10, -34), (-34, 16, -14)]) + pshift
@@ -970,18 +876,105 @@ def sample_anatomy(rng: np.random.Generator, config: PhantomConfig | None = None
         bowel(np.array(pts), rng.uniform(9.0, 13.0), content, gas_frac=gas_frac)
 
     # Remove absent organs and their satellites (geometry was still drawn so that the random
-    # stream, hence everything else about the case, does not depend on which organs are absent).
-    for organ in ORGANS:
-        if not facts[organ]["present"]:
-            organs.pop(organ)
+    # stream, hence everything else about the case, does not depend on which organs are absent),
+    # and fill their place with what really fills it (fat is already there; bowel loops, a Roux
+    # limb, collateral veins, an azygos vein: mosmoskit.data.phantom_absence).
+    if absent:
+        beds = {o: (organs[o].anchor, *organs[o].shape.bounds()) for o in absent if o in organs}
+        if "esophagus" in absent and "stomach" not in absent:
+            beds["stomach"] = (st_pts[2], *stomach.bounds())  # the stomach moved up: its bed is empty
+        paths = {"stomach": st_pts, "esophagus": es.points, "azygos": azygos,
+                 "portal_vein_and_splenic_vein": np.vstack([sv, conf[None], pv_mid[None], hilum[None]])}
+        fill = replacements(sorted(absent), beds, paths, aux)
+        background.extend(fill)
+    for organ in absent:
+        organs.pop(organ)
     background = [b for b in background if not b[3] or b[3] in organs]
 
     lesions, facts = _place_lesions(rng, cfg, organs, facts, body)
     findings = {o: OrganFinding(present=facts[o]["present"], enlarged=facts[o]["enlarged"],
+                                atrophic=facts[o]["atrophic"], absence=facts[o]["absence"],
                                 n_lesions=facts[o]["n_lesions"], mentioned=False,
                                 lesion_size_mm=facts[o].get("lesion_size_mm", 0.0)) for o in ORGANS}
     return Anatomy(cfg, body, organs, tuple((sh, t, c) for sh, t, c, _ in background), lesions, findings, warp,
                    texture_soft, texture_fine, float(enhancement), noise_seed)
+
+
+def _gastric_conduit(path: np.ndarray, s: float) -> OrganSpec:
+    """The stomach after an esophagectomy: a tube from the pylorus up through the hiatus along the
+    esophageal course (painted anywhere in the trunk, chest included), with fluid and gas inside."""
+    conduit = Tube.smooth(path, np.full(len(path), 15.0) * s)
+    lumen = Tube(conduit.points, np.maximum(conduit.radii - 5.0, 1.0))
+    level = float(np.mean(conduit.points[:, 1])) + 0.3 * float(np.mean(conduit.radii))
+    return OrganSpec("stomach", conduit, "stomach_wall", ((lumen, "fluid"), (Intersection(lumen, HalfSpace(1, level)), "gas")),
+                     clip="body", anchor=path[len(path) // 2])
+
+
+#: Gap of fat (mm) kept between an adrenal and the liver or spleen, and between the right adrenal
+#: and the IVC / the left adrenal and the aorta.
+_ADRENAL_FAT_MM = 6.0
+
+
+def _along(ctrl: np.ndarray, radii: np.ndarray, z: float) -> tuple[float, float, float]:
+    """x, y and radius of a vessel given by control points (inferior first) at height z (linear)."""
+    zs = ctrl[:, 2]
+    return (float(np.interp(z, zs, ctrl[:, 0])), float(np.interp(z, zs, ctrl[:, 1])), float(np.interp(z, zs, radii)))
+
+
+def _add_adrenals(organs: dict[str, OrganSpec], draws: Mapping[str, tuple[float, np.ndarray]],
+                  kidney_poles: Mapping[str, np.ndarray], ivc_ctrl: np.ndarray, ivc_r: np.ndarray,
+                  ao_ctrl: np.ndarray, ao_r: np.ndarray, place: _Placer) -> None:
+    """Place both adrenals (inverted-Y limbs, apex anterior) in their retroperitoneal fat.
+
+    Right: in the retrocaval fat, directly behind the IVC and a little lateral to it, above and
+    medial to the upper pole of the right kidney, its medial limb running back along the right crus
+    and its lateral limb behind the bare area of the liver. Left: lateral to the aorta and the left
+    crus, in front of and medial to the upper pole of the left kidney, behind the pancreas and
+    splenic vein. A fat halo around each is carved out of the liver, spleen and stomach, whether the
+    gland is present or not (its absence must not leave an outline), so the gland is surrounded by
+    fat as on CT rather than buried in the liver.
+
+    Args:
+        organs: the organs so far; the adrenals are added and the liver, spleen and stomach carved.
+        draws: adrenal -> (size factor, 3D jitter) drawn earlier from the case's stream.
+        kidney_poles: kidney -> centre of its upper pole.
+        ivc_ctrl, ivc_r: IVC control points (inferior first) and radii.
+        ao_ctrl, ao_r: aorta control points (superior first) and radii.
+        place: the case's atlas placement.
+    """
+    halos = []
+    for organ, kidney, sign in (("adrenal_gland_right", "kidney_right", 1.0), ("adrenal_gland_left", "kidney_left", -1.0)):
+        s, j = draws[organ]
+        pole = kidney_poles[kidney]
+        limb_r = 3.8 * s
+        if sign > 0:
+            z = max(float(place((0.0, 0.0, 56.0))[2] + j[2]), float(pole[2]) + 12.0)
+            vx, vy, vr = _along(ivc_ctrl, ivc_r, z)
+            apex = np.array([vx + 12.0 + j[0], vy - vr - _ADRENAL_FAT_MM - limb_r - abs(j[1]), z])
+            medial_end = apex + np.array([-1.0, -12.0, -18.0]) * s
+            lateral_end = apex + np.array([11.0, -10.0, -15.0]) * s
+        else:
+            z = float(pole[2]) + 6.0 + j[2]
+            order = np.argsort(ao_ctrl[:, 2])
+            vx, vy, vr = _along(ao_ctrl[order], ao_r[order], z)
+            # in front of the upper pole even when the kidney lies more anteriorly than usual
+            apex_y = max(vy - 14.0 + j[1], float(pole[1]) + 16.0)
+            apex = np.array([vx - vr - _ADRENAL_FAT_MM - limb_r - 6.0 - abs(j[0]), apex_y, z])
+            medial_end = apex + np.array([3.0, -10.0, -20.0]) * s
+            lateral_end = apex + np.array([-10.0, -9.0, -16.0]) * s
+        limbs = (Tube.smooth([apex, medial_end], [limb_r, limb_r * 0.8]), Tube.smooth([apex, lateral_end], [limb_r, limb_r * 0.8]))
+        organs[organ] = OrganSpec(organ, Union(limbs), "adrenal", anchor=apex + (medial_end - apex) * 0.3)
+        pad = _ADRENAL_FAT_MM + limb_r
+        halos += [Tube(t.points, t.radii + pad) for t in limbs]
+        halos.append(Ellipsoid(apex, np.full(3, pad + limb_r)))
+        if sign < 0:
+            # A distended stomach or a large spleen is flattened against the left adrenal's fat
+            # rather than pocketed around it: a broad, shallow dent.
+            halos.append(Ellipsoid(apex + np.array([0.0, -20.0, -10.0]), np.array([28.0, 26.0, 34.0])))
+    halo = Union(tuple(halos))
+    for neighbour in ("liver", "spleen", "stomach"):
+        spec = organs[neighbour]
+        organs[neighbour] = dataclasses.replace(spec, shape=Difference(spec.shape, halo))
 
 
 def _place_lesions(rng, cfg: PhantomConfig, organs: dict[str, OrganSpec], facts: dict, body: Body):
@@ -1252,12 +1245,16 @@ class PhantomCase:
             Right, axis 1 Anterior, axis 2 Superior (RAS).
         label: uint8 BTCV ids, same shape.
         affine: 4x4 voxel -> world (mm, RAS) matrix.
-        findings: organ -> :class:`OrganFinding` as the report states it.
+        findings: organ -> :class:`OrganFinding` as the report states it (``denied``: the finding
+            kinds its sentences deny).
         report: the report text.
         tags: organ -> 1 / 0 / -1.
         z_mm: the slice's craniocaudal position (2D only).
         scan_range_mm: (low, high) craniocaudal extent of a limited-range 3D scan, in world mm;
             ``None`` for a scan of the whole volume and for slices.
+        finding_tags: finding tag -> 1 stated / 0 denied / -1 not said, for every finding of
+            :data:`mosmoskit.reports.findings.FINDING_TABLE`
+            (:func:`~mosmoskit.data.phantom_reports.finding_tags_from_findings`).
     """
 
     case_id: str
@@ -1269,6 +1266,7 @@ class PhantomCase:
     tags: dict[str, int]
     z_mm: float | None = None
     scan_range_mm: tuple[float, float] | None = None
+    finding_tags: dict[str, int] = field(default_factory=dict)
 
 
 def _grid_axes(shape: Sequence[int], spacing: Sequence[float]) -> list[np.ndarray]:
@@ -1314,10 +1312,10 @@ def _visible_lesions(anatomy: Anatomy, lesion_vox: Sequence[int], organ: str, f:
 
 def _mention(rng: np.random.Generator, cfg: PhantomConfig, f: OrganFinding) -> OrganFinding:
     if not f.present:
-        p = {"resected": cfg.mention_prob_absent, "out_of_plane": cfg.out_of_plane_mention_prob,
-             "out_of_range": cfg.out_of_range_mention_prob}[str(f.absence)]
+        p = {"resected": cfg.mention_prob_absent, "congenital": cfg.mention_prob_absent,
+             "out_of_plane": cfg.out_of_plane_mention_prob, "out_of_range": cfg.out_of_range_mention_prob}[str(f.absence)]
     else:
-        p = cfg.mention_prob_abnormal if (f.enlarged or f.n_lesions) else cfg.mention_prob
+        p = cfg.mention_prob_abnormal if (f.enlarged or f.atrophic or f.n_lesions) else cfg.mention_prob
     return dataclasses.replace(f, mentioned=bool(rng.random() < p))
 
 
@@ -1371,7 +1369,7 @@ def _range_findings(
         if n == 0:
             out[organ] = OrganFinding(present=False, absence="out_of_range")
         elif n < cfg.slice_min_pixels and crosses_edge:
-            out[organ] = OrganFinding(present=True, enlarged=f.enlarged, mentioned=False)
+            out[organ] = OrganFinding(present=True, enlarged=f.enlarged, atrophic=f.atrophic, mentioned=False)
             slivers.add(organ)
         else:
             out[organ] = _visible_lesions(anatomy, lesion_vox, organ, f)
@@ -1427,9 +1425,10 @@ def make_case(
     for organ, f in findings.items():
         if present[organ] != f.present:  # the generator's own invariant; a failure here is a bug
             raise AssertionError(f"phantom case {index}: label presence of {organ} is {present[organ]} but finding says {f.present}")
-    report = write_report(findings, rng, cfg.report, scope="volume")
-    return PhantomCase(f"phantom_{index:04d}", hu, label, volume_affine(shape, spacing), findings, report,
-                       tags_from_findings(findings), scan_range_mm=scan_range)
+    written = compose_report(findings, rng, cfg.report, scope="volume")
+    return PhantomCase(f"phantom_{index:04d}", hu, label, volume_affine(shape, spacing), written.findings, written.text,
+                       tags_from_findings(written.findings), scan_range_mm=scan_range,
+                       finding_tags=finding_tags_from_findings(written.findings))
 
 
 def make_slices(
@@ -1449,10 +1448,11 @@ def make_slices(
 
     * visible: at least ``config.slice_min_pixels`` pixels of the organ in this slice. A visible
       organ is ``present``; it is mentioned with ``mention_prob`` (``mention_prob_abnormal`` if the
-      case's organ is enlarged or a lesion shows in this slice); tag 1 if mentioned, else -1.
-      ``enlarged`` is the case's finding; ``n_lesions`` counts lesions with pixels in this slice.
-    * surgically absent from the case: ``absence="resected"``, mentioned with
-      ``mention_prob_absent`` (tag 0), else tag -1. Such absences are reportable on every slice.
+      case's organ is enlarged or atrophic or a lesion shows in this slice); tag 1 if mentioned,
+      else -1. ``enlarged``/``atrophic`` are the case's findings; ``n_lesions`` counts lesions with
+      pixels in this slice.
+    * absent from the whole case: ``absence="resected"`` (surgery) or ``"congenital"``, mentioned
+      with ``mention_prob_absent`` (tag 0), else tag -1. Such absences are reportable on every slice.
     * in the case but with no pixel in this slice: ``absence="out_of_plane"``, mentioned as "not
       included at this level" with ``out_of_plane_mention_prob`` (tag 0), else tag -1.
     * 1 to ``slice_min_pixels - 1`` pixels (a sliver): never mentioned (tag -1), since neither
@@ -1493,18 +1493,20 @@ def make_slices(
         for organ, case_f in anatomy.findings.items():
             n_pix = int(counts[ids[organ]])
             if not case_f.present:
-                f = OrganFinding(present=False, absence="resected", mentioned=False)
+                f = OrganFinding(present=False, absence=case_f.absence, mentioned=False)
             elif n_pix >= cfg.slice_min_pixels:
-                f = _visible_lesions(anatomy, lesion_vox, organ, OrganFinding(present=True, enlarged=case_f.enlarged))
+                f = _visible_lesions(anatomy, lesion_vox, organ,
+                                     OrganFinding(present=True, enlarged=case_f.enlarged, atrophic=case_f.atrophic))
             elif n_pix == 0:
                 f = OrganFinding(present=False, absence="out_of_plane", mentioned=False)
             else:
                 findings[organ] = OrganFinding(present=True, mentioned=False)
                 continue
             findings[organ] = _mention(rng, cfg, f)
-        report = write_report(findings, rng, cfg.report, scope="slice")
+        written = compose_report(findings, rng, cfg.report, scope="slice")
         out.append(PhantomCase(f"phantom_{index:04d}_s{k:02d}", hu, label, slice_affine(shape, spacing, z),
-                               findings, report, tags_from_findings(findings), z_mm=z))
+                               written.findings, written.text, tags_from_findings(written.findings), z_mm=z,
+                               finding_tags=finding_tags_from_findings(written.findings)))
     return out
 
 
@@ -1553,7 +1555,8 @@ def generate_cohort(
           dataset.json                   MSD-style, plus spatial_dims, label_map, generator
           label_map.json                 the BTCV label map
           reports.jsonl                  one JSON per image: case_id, image, label, report, tags,
-                                         findings (+ parent_case, slice_index, z_mm in 2D)
+                                         finding_tags, findings (+ parent_case, slice_index, z_mm
+                                         in 2D)
 
     In 2D mode each case gives ``slices_per_case`` files ``phantom_0000_s00.nii.gz`` ... holding
     2D NIfTIs of shape (X, Y); see :func:`make_slices` for slice-level tags.
@@ -1615,7 +1618,7 @@ def generate_cohort(
             written.add(name)
             row: dict[str, Any] = {
                 "case_id": case.case_id, "image": f"imagesTr/{name}", "label": f"labelsTr/{name}",
-                "report": case.report, "tags": case.tags,
+                "report": case.report, "tags": case.tags, "finding_tags": case.finding_tags,
                 "findings": {o: f.to_dict() for o, f in case.findings.items()},
             }
             if spatial_dims == 2:

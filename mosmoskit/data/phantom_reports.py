@@ -9,8 +9,14 @@ variation a tag parser must cope with:
 * negated findings that do **not** mean absence ("no splenomegaly", "no focal hepatic lesion");
 * absences ("status post cholecystectomy", "the left kidney is not visualized");
 * paired mentions ("both kidneys are normal in size", "the adrenal glands are unremarkable");
-* abnormal findings with side and size; organs left unmentioned;
+* abnormal findings with side and size (enlarged, atrophic, focal lesions); organs left unmentioned;
+* congenital absences ("right renal agenesis", "interrupted IVC with azygos continuation");
 * three layouts: running prose, one finding per line, and ``FINDINGS:`` / ``IMPRESSION:``.
+
+With :attr:`ReportStyle.extended_phrasing` (the enriched pre-training preset) more wordings are
+used (:data:`EXTENDED_TEMPLATES`), and an abnormal organ's report may also deny its other findings
+("Hepatomegaly. No focal hepatic lesion."); without it the wording and the random stream are those
+of earlier cohorts.
 
 **Ground-truth tags.** The tag of an organ is what the report says about it, which the findings
 record fixes before any text is written (:func:`tags_from_findings`):
@@ -19,6 +25,13 @@ record fixes before any text is written (:func:`tags_from_findings`):
 * ``0``  - mentioned as absent (surgically absent; in slice reports not in this slice; in reports of a
   limited-range scan outside its field of view),
 * ``-1`` - not mentioned: the organ's names, adjectives and side words do not appear in the text.
+
+**Ground-truth finding tags** (:mod:`mosmoskit.reports.findings`) say what the report states about
+each finding of a mentioned organ: ``1`` stated (the organ is enlarged, atrophic or holds a lesion,
+and every abnormal finding is written), ``0`` denied by the sentence chosen ("no hepatomegaly",
+"normal in size", "unremarkable"; :data:`NORMAL_DENIES` says which kinds each sentence denies, and
+:func:`compose_report` records them in :attr:`OrganFinding.denied`), ``-1`` not said
+(:func:`finding_tags_from_findings`).
 
 All wording lives in the tables :data:`ORGAN_TEMPLATES`, :data:`PAIR_TEMPLATES`,
 :data:`FILLER_SENTENCES` and :data:`IMPRESSION_NORMAL`; the code only picks rows and fills the
@@ -36,30 +49,45 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mosmoskit.data.phantom_wording import EXTENDED_TEMPLATES, NORMAL_DENIES
+from mosmoskit.reports.findings import FINDING_TABLE
+from mosmoskit.reports.vocabulary import FINDING_KIND_NAMES
+
 __all__ = [
     "ABSENCE_KINDS",
+    "EXTENDED_TEMPLATES",
     "FILLER_SENTENCES",
+    "NORMAL_DENIES",
     "ORGAN_TEMPLATES",
     "OrganFinding",
     "PAIR_TEMPLATES",
     "ReportStyle",
+    "WrittenReport",
+    "compose_report",
+    "finding_tags_from_findings",
+    "has_wording",
     "tags_from_findings",
     "write_report",
 ]
 
-#: Why an organ is not present. ``resected``: absent from the whole case (surgery, agenesis);
+#: Why an organ is not present. ``resected``: absent from the whole case, removed or lost (surgery;
+#: for the portal/splenic vein, chronic occlusion with cavernous transformation); ``congenital``:
+#: absent from the whole case since birth (renal or adrenal agenesis, asplenia, interrupted IVC);
 #: ``out_of_plane``: present in the case but not in this 2D slice (slice reports only);
 #: ``out_of_range``: present in the patient but outside the craniocaudal range of a limited-range
 #: 3D scan (volume reports only).
-ABSENCE_KINDS = ("resected", "out_of_plane", "out_of_range")
+ABSENCE_KINDS = ("resected", "congenital", "out_of_plane", "out_of_range")
 
 #: The absence kinds each report scope can state.
-_SCOPE_ABSENCES = {"volume": ("resected", "out_of_range"), "slice": ("resected", "out_of_plane")}
+_SCOPE_ABSENCES = {"volume": ("resected", "congenital", "out_of_range"),
+                   "slice": ("resected", "congenital", "out_of_plane")}
+#: Absences of the whole case (not of one image's extent).
+_CASE_ABSENCES = ("resected", "congenital")
 
 # --------------------------------------------------------------------------------------------
 # The template table.
@@ -76,6 +104,9 @@ _SCOPE_ABSENCES = {"volume": ("resected", "out_of_range"), "slice": ("resected",
 #   out_of_range : (volume reports of a limited-range scan) outside the field of view (tag 0); not
 #                  written here but derived from out_of_plane below, so the two cannot drift.
 #   impression   : short phrases for the IMPRESSION section, keyed enlarged / lesion / resected.
+# The rows atrophic and congenital, the extended wordings (*_more) and the denial add-ons
+# (no_lesion, normal_size) are in EXTENDED_TEMPLATES (mosmoskit.data.phantom_wording), merged into
+# this table at import.
 # A sentence names only its own organ: no "splenic hilum" in a pancreas sentence, no "hepatic" in
 # a vessel sentence, so an unmentioned organ never leaks into the text.
 # --------------------------------------------------------------------------------------------
@@ -358,6 +389,28 @@ PAIR_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+# The enriched preset's rows (mosmoskit.data.phantom_wording) join the table; none may replace a row.
+for _row_key, _extra in EXTENDED_TEMPLATES.items():
+    for _kind, _sentences in _extra.items():
+        if _kind in ORGAN_TEMPLATES[_row_key]:
+            raise ValueError(f"EXTENDED_TEMPLATES[{_row_key!r}][{_kind!r}] would replace a row of ORGAN_TEMPLATES")
+        ORGAN_TEMPLATES[_row_key][_kind] = _sentences
+
+_DENYING_ROWS = ("normal", "normal_more", "no_lesion", "normal_size")
+
+
+def _check_denials() -> None:
+    """Fail at import on a normal sentence without a NORMAL_DENIES entry, or an entry of no sentence."""
+    sentences = {t for row in ORGAN_TEMPLATES.values() for kind in _DENYING_ROWS for t in row.get(kind, ())}
+    sentences |= {t for row in PAIR_TEMPLATES.values() for t in row.get("normal", ())}
+    missing, stray = sorted(sentences - set(NORMAL_DENIES)), sorted(set(NORMAL_DENIES) - sentences)
+    bad = {t: k for t, k in NORMAL_DENIES.items() if not set(k) <= set(FINDING_KIND_NAMES)}
+    if missing or stray or bad:
+        raise ValueError(f"NORMAL_DENIES: missing {missing}, not a normal sentence {stray}, bad kinds {bad}")
+
+
+_check_denials()
+
 #: "at this level" (one slice) becomes the extent of a limited-range volume.
 _OUT_OF_RANGE_PLACES = ("in the field of view", "in the scanned range")
 
@@ -424,15 +477,21 @@ class OrganFinding:
     Args:
         present: the organ is in the image (it has voxels in the label map).
         enlarged: enlarged / distended / aneurysmal (only when present).
-        n_lesions: number of focal lesions (cysts, hypodense lesions, stones), >= 0.
+        n_lesions: number of focal lesions (cysts, hypodense lesions, stones, thrombi), >= 0.
         mentioned: the report talks about this organ; if false its names do not appear in the text.
         absence: why a non-present organ is missing, one of :data:`ABSENCE_KINDS`; ``None`` when
             present.
         lesion_size_mm: diameter of the largest lesion (0 when there is none).
+        atrophic: small / shrunken / flattened / contracted (only when present, never with
+            ``enlarged``).
+        denied: finding kinds (``"enlarged"``, ``"atrophic"``, ``"lesion"``) the report states are
+            absent ("no hepatomegaly" denies ``enlarged``), set by :func:`compose_report` from the
+            sentences it chose; never a kind the organ has.
 
     Raises:
-        ValueError: inconsistent fields (an absent organ that is enlarged or has lesions, a present
-            organ with an absence kind, a negative count).
+        ValueError: inconsistent fields (an absent organ that is enlarged, atrophic, holds lesions
+            or has denials, a present organ with an absence kind, an organ both enlarged and
+            atrophic, a negative count, an unknown or contradicted denied kind).
     """
 
     present: bool
@@ -441,27 +500,44 @@ class OrganFinding:
     mentioned: bool = True
     absence: str | None = None
     lesion_size_mm: float = 0.0
+    atrophic: bool = False
+    denied: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_lesions < 0:
             raise ValueError(f"OrganFinding: n_lesions must be >= 0, got {self.n_lesions}")
         if self.lesion_size_mm < 0:
             raise ValueError(f"OrganFinding: lesion_size_mm must be >= 0, got {self.lesion_size_mm}")
+        object.__setattr__(self, "denied", tuple(self.denied))
+        unknown = [k for k in self.denied if k not in FINDING_KIND_NAMES]
+        if unknown:
+            raise ValueError(f"OrganFinding: denied kinds must be among {FINDING_KIND_NAMES}, got {unknown}")
         if self.present:
             if self.absence is not None:
                 raise ValueError(f"OrganFinding: a present organ cannot have absence={self.absence!r}")
+            if self.enlarged and self.atrophic:
+                raise ValueError("OrganFinding: an organ cannot be both enlarged and atrophic")
+            contradicted = [k for k in self.denied if k in self.stated_kinds]
+            if contradicted:
+                raise ValueError(f"OrganFinding: denied={self.denied!r} contradicts the organ's own findings {contradicted}")
         else:
-            if self.enlarged or self.n_lesions:
-                raise ValueError("OrganFinding: an absent organ cannot be enlarged or hold lesions")
+            if self.enlarged or self.atrophic or self.n_lesions or self.denied:
+                raise ValueError("OrganFinding: an absent organ cannot be enlarged, atrophic, hold lesions or have denials")
             if self.absence is None:
                 object.__setattr__(self, "absence", "resected")
             if self.absence not in ABSENCE_KINDS:
                 raise ValueError(f"OrganFinding: absence must be one of {ABSENCE_KINDS}, got {self.absence!r}")
 
     @property
+    def stated_kinds(self) -> tuple[str, ...]:
+        """The finding kinds this organ has: ``enlarged``, ``atrophic``, ``lesion`` (in that order)."""
+        has = {"enlarged": self.enlarged, "atrophic": self.atrophic, "lesion": self.n_lesions > 0}
+        return tuple(k for k in FINDING_KIND_NAMES if has[k])
+
+    @property
     def abnormal(self) -> bool:
-        """Present with an enlargement or a lesion, or absent from the whole case."""
-        return (self.present and (self.enlarged or self.n_lesions > 0)) or self.absence == "resected"
+        """Present with an enlargement, atrophy or a lesion, or absent from the whole case."""
+        return (self.present and bool(self.stated_kinds)) or self.absence in _CASE_ABSENCES
 
     @property
     def tag(self) -> int:
@@ -470,11 +546,21 @@ class OrganFinding:
             return -1
         return 1 if self.present else 0
 
+    def finding_values(self) -> dict[str, int]:
+        """Kind -> what the report says about it: 1 stated, 0 denied, -1 not said (or not mentioned)."""
+        if not (self.mentioned and self.present):
+            return dict.fromkeys(FINDING_KIND_NAMES, -1)
+        stated = self.stated_kinds
+        return {k: 1 if k in stated else 0 if k in self.denied else -1 for k in FINDING_KIND_NAMES}
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["denied"] = list(self.denied)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OrganFinding:
+        """Inverse of :meth:`to_dict`; rows written before ``atrophic``/``denied`` existed read as their defaults."""
         return cls(**dict(data))
 
 
@@ -489,6 +575,12 @@ class ReportStyle:
             and in the same state.
         shuffle_prob: chance of shuffling the organ order (reports usually follow a fixed order).
         max_fillers: up to this many non-organ sentences ("No free fluid.") are added.
+        extended_phrasing: also use the wordings of :data:`EXTENDED_TEMPLATES` (``*_more`` rows)
+            and the denial add-ons below. False keeps the text (and random stream) of cohorts
+            written before it existed.
+        denial_prob: (extended phrasing) chance that an abnormal organ's sentences are followed by
+            one denying its other findings: "No focal hepatic lesion." after "Hepatomegaly.", "The
+            liver is normal in size." after a liver lesion.
 
     Raises:
         ValueError: a probability outside [0, 1] or a negative ``max_fillers``.
@@ -499,9 +591,11 @@ class ReportStyle:
     pair_prob: float = 0.7
     shuffle_prob: float = 0.15
     max_fillers: int = 2
+    extended_phrasing: bool = False
+    denial_prob: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("structured_prob", "list_prob", "pair_prob", "shuffle_prob"):
+        for name in ("structured_prob", "list_prob", "pair_prob", "shuffle_prob", "denial_prob"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"ReportStyle.{name} must be in [0, 1], got {value!r}")
@@ -509,15 +603,55 @@ class ReportStyle:
             raise ValueError(f"ReportStyle.max_fillers must be >= 0, got {self.max_fillers!r}")
 
 
+@dataclass(frozen=True)
+class WrittenReport:
+    """A report and the findings it was written from, with what each sentence denies.
+
+    Attributes:
+        text: the report.
+        findings: the findings given to :func:`compose_report`, each mentioned present organ's
+            ``denied`` set to the kinds its chosen sentences deny.
+    """
+
+    text: str
+    findings: dict[str, OrganFinding]
+
+
+def has_wording(organ: str, kind: str) -> bool:
+    """Whether the report writer can state ``kind`` (a template row: ``"atrophic"``, ``"congenital"``,
+    ...) for the BTCV organ ``organ``."""
+    row = _ROWS.get(organ)
+    return row is not None and kind in ORGAN_TEMPLATES[row[0]]
+
+
 def tags_from_findings(findings: Mapping[str, OrganFinding]) -> dict[str, int]:
     """Organ -> ground-truth tag (1 present, 0 absent, -1 not mentioned), in the order given."""
     return {name: f.tag for name, f in findings.items()}
 
 
+def finding_tags_from_findings(findings: Mapping[str, OrganFinding]) -> dict[str, int]:
+    """Ground-truth finding tags: every BTCV finding tag -> 1 stated, 0 denied, -1 not said.
+
+    Args:
+        findings: BTCV organ -> :class:`OrganFinding` as returned by :func:`compose_report` (its
+            ``denied`` kinds come from the sentences written). Organs missing from the mapping, not
+            mentioned or absent give -1 for all their findings.
+
+    Returns:
+        ``{finding: value}`` for every tag of :data:`mosmoskit.reports.findings.FINDING_TABLE`, in
+        that order (the keys of ``extract_findings(report, "btcv")``).
+    """
+    out = {}
+    for name, organ, kind in FINDING_TABLE:
+        f = findings.get(organ)
+        out[name] = -1 if f is None else f.finding_values()[kind]
+    return out
+
+
 def _state(f: OrganFinding) -> str:
     if not f.present:
         return str(f.absence)
-    if f.enlarged or f.n_lesions:
+    if f.enlarged or f.atrophic or f.n_lesions:
         return "abnormal"
     return "normal"
 
@@ -534,22 +668,51 @@ def _fill(template: str, side: str | None, f: OrganFinding | None = None) -> str
     return template.format(**values)
 
 
-def _organ_sentences(name: str, f: OrganFinding, rng: np.random.Generator) -> list[str]:
+def _options(row: Mapping[str, tuple[str, ...]], kind: str, style: ReportStyle) -> tuple[str, ...]:
+    """The sentences for ``kind``: the row, plus its ``*_more`` wordings with extended phrasing.
+
+    A congenital absence falls back to the resected wording for organs without congenital rows.
+    """
+    if kind == "congenital" and kind not in row:
+        kind = "resected"
+    if kind not in row:
+        raise ValueError(f"write_report: no {kind!r} wording for this organ ({sorted(row)})")
+    options = row[kind]
+    if style.extended_phrasing:
+        options = options + row.get(f"{kind}_more", ())
+    return options
+
+
+def _organ_sentences(name: str, f: OrganFinding, rng: np.random.Generator,
+                     style: ReportStyle) -> tuple[list[str], tuple[str, ...]]:
+    """The sentences about one organ, and the finding kinds they deny."""
     row_key, side = _ROWS[name]
     row = ORGAN_TEMPLATES[row_key]
     state = _state(f)
     if state in ABSENCE_KINDS:
-        return [_fill(_pick(rng, row[state]), side)]
+        return [_fill(_pick(rng, _options(row, state, style)), side)], ()
     if state == "normal":
-        return [_fill(_pick(rng, row["normal"]), side)]
+        template = _pick(rng, _options(row, "normal", style))
+        return [_fill(template, side)], NORMAL_DENIES[template]
     out = []
     if f.enlarged:
-        out.append(_fill(_pick(rng, row["enlarged"]), side, f))
+        out.append(_fill(_pick(rng, _options(row, "enlarged", style)), side, f))
+    if f.atrophic:
+        out.append(_fill(_pick(rng, _options(row, "atrophic", style)), side, f))
     if f.n_lesions == 1:
-        out.append(_fill(_pick(rng, row["lesion_one"]), side, f))
+        out.append(_fill(_pick(rng, _options(row, "lesion_one", style)), side, f))
     elif f.n_lesions > 1:
-        out.append(_fill(_pick(rng, row["lesion_many"]), side, f))
-    return out
+        out.append(_fill(_pick(rng, _options(row, "lesion_many", style)), side, f))
+    denied: tuple[str, ...] = ()
+    if style.extended_phrasing and rng.random() < style.denial_prob:
+        # deny what the organ does not have: lesions of an enlarged or atrophic organ, size changes
+        # of a lesion-bearing one
+        addon = "no_lesion" if not f.n_lesions else "normal_size" if not (f.enlarged or f.atrophic) else None
+        if addon is not None and addon in row:
+            template = _pick(rng, row[addon])
+            out.append(_fill(template, side))
+            denied = NORMAL_DENIES[template]
+    return out, denied
 
 
 def _impression_lines(findings: Mapping[str, OrganFinding], rng: np.random.Generator) -> list[str]:
@@ -560,10 +723,13 @@ def _impression_lines(findings: Mapping[str, OrganFinding], rng: np.random.Gener
         row_key, side = _ROWS[name]
         row = ORGAN_TEMPLATES[row_key]
         if not f.present:
-            lines.append(_fill(_pick(rng, row["impression_resected"]), side))
+            kind = "impression_congenital" if f.absence == "congenital" and "impression_congenital" in row else "impression_resected"
+            lines.append(_fill(_pick(rng, row[kind]), side))
             continue
         if f.enlarged:
             lines.append(_fill(_pick(rng, row["impression_enlarged"]), side))
+        if f.atrophic:
+            lines.append(_fill(_pick(rng, row["impression_atrophic"]), side))
         if f.n_lesions:
             lines.append(_fill(_pick(rng, row["impression_lesion"]), side))
     return lines
@@ -583,18 +749,37 @@ def write_report(
         rng: the only source of randomness (template choice, order, layout), so a seeded generator
             gives the same text every time.
         style: layout probabilities; :class:`ReportStyle` defaults when ``None``.
-        scope: ``"volume"`` for a 3D scan (allows ``resected`` and ``out_of_range`` absences),
-            ``"slice"`` for one axial image (adds a header line; allows ``resected`` and
-            ``out_of_plane``).
+        scope: ``"volume"`` for a 3D scan (allows ``resected``, ``congenital`` and
+            ``out_of_range`` absences), ``"slice"`` for one axial image (adds a header line;
+            allows ``resected``, ``congenital`` and ``out_of_plane``).
 
     Returns:
-        The report text. An organ with ``mentioned=False`` contributes no word (name, adjective or
-        side phrase); every mentioned organ contributes at least one sentence whose meaning
-        matches its tag (:func:`tags_from_findings`).
+        The report text (:attr:`WrittenReport.text` of :func:`compose_report`, which also says
+        which findings the text denies). An organ with ``mentioned=False`` contributes no word
+        (name, adjective or side phrase); every mentioned organ contributes at least one sentence
+        whose meaning matches its tag (:func:`tags_from_findings`).
 
     Raises:
-        ValueError: an unknown organ name, an unknown ``scope``, or an absence kind the scope cannot
-            state (``out_of_plane`` in a volume report, ``out_of_range`` in a slice report).
+        ValueError: an unknown organ name, an unknown ``scope``, an absence kind the scope cannot
+            state (``out_of_plane`` in a volume report, ``out_of_range`` in a slice report), or a
+            finding the organ has no wording for (an atrophic aorta).
+    """
+    return compose_report(findings, rng, style, scope).text
+
+
+def compose_report(
+    findings: Mapping[str, OrganFinding],
+    rng: np.random.Generator,
+    style: ReportStyle | None = None,
+    scope: str = "volume",
+) -> WrittenReport:
+    """:func:`write_report`, also returning the findings with the kinds each organ's sentences deny.
+
+    Args, Raises: as in :func:`write_report`; the same ``rng`` draws give the same text.
+
+    Returns:
+        A :class:`WrittenReport`; :func:`finding_tags_from_findings` of its ``findings`` are the
+        ground-truth finding tags of its ``text``.
     """
     style = style or ReportStyle()
     if scope not in _SCOPE_ABSENCES:
@@ -610,6 +795,7 @@ def write_report(
 
     # Sentence groups in reading order; a group is one organ or one merged pair.
     groups: list[list[str]] = []
+    denied: dict[str, tuple[str, ...]] = {}
     done: set[str] = set()
     for name in _ROWS:
         f = findings.get(name)
@@ -617,17 +803,24 @@ def write_report(
             continue
         row_key, _ = _ROWS[name]
         pair = _PAIRS.get(row_key)
-        if pair is not None:
+        # (Classic wording may also pair the second side after the first was written alone, as the
+        # first cohorts did; the extended wording does not repeat a side.)
+        if pair is not None and not (style.extended_phrasing and done.intersection(pair)):
             a, b = findings.get(pair[0]), findings.get(pair[1])
             if (
                 a is not None and b is not None and a.mentioned and b.mentioned
                 and _state(a) == _state(b) and _state(a) in PAIR_TEMPLATES[row_key]
                 and rng.random() < style.pair_prob
             ):
-                groups.append([_pick(rng, PAIR_TEMPLATES[row_key][_state(a)])])
+                template = _pick(rng, PAIR_TEMPLATES[row_key][_state(a)])
+                groups.append([template])
+                for organ in pair:  # an organ spoken of twice denies what either sentence denies
+                    denied[organ] = denied.get(organ, ()) + NORMAL_DENIES.get(template, ())
                 done.update(pair)
                 continue
-        groups.append(_organ_sentences(name, f, rng))
+        sentences, denied_here = _organ_sentences(name, f, rng, style)
+        denied[name] = denied.get(name, ()) + denied_here
+        groups.append(sentences)
         done.add(name)
     if len(groups) > 1 and rng.random() < style.shuffle_prob:
         groups = [groups[i] for i in rng.permutation(len(groups))]
@@ -640,7 +833,11 @@ def write_report(
         impression = _impression_lines(findings, rng) or [_pick(rng, IMPRESSION_NORMAL)]
         numbered = impression if len(impression) == 1 else [f"{i + 1}. {s}" for i, s in enumerate(impression)]
         body = " ".join(header + sentences)
-        return "FINDINGS:\n" + body + "\n\nIMPRESSION:\n" + "\n".join(numbered)
-    if rng.random() < style.list_prob:
-        return "\n".join(header + sentences)
-    return " ".join(header + sentences)
+        text = "FINDINGS:\n" + body + "\n\nIMPRESSION:\n" + "\n".join(numbered)
+    elif rng.random() < style.list_prob:
+        text = "\n".join(header + sentences)
+    else:
+        text = " ".join(header + sentences)
+    written = {name: replace(f, denied=tuple(k for k in FINDING_KIND_NAMES if k in denied.get(name, ()) and k not in f.stated_kinds))
+               if f.present and f.mentioned else f for name, f in findings.items()}
+    return WrittenReport(text, written)
