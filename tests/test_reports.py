@@ -320,7 +320,9 @@ def _phantom_sentences():
     from mosmoskit.data.phantom_reports import ABSENCE_KINDS, ORGAN_TEMPLATES, PAIR_TEMPLATES
 
     def expected_tag(kind: str) -> int:
-        return TAG_ABSENT if kind in ABSENCE_KINDS or kind == "impression_resected" else TAG_PRESENT
+        # "impression_resected", "resected_more" (extended wording), "congenital" ... are absences
+        base = kind.removeprefix("impression_").removesuffix("_more")
+        return TAG_ABSENT if base in ABSENCE_KINDS else TAG_PRESENT
 
     fill = {"count": "two", "Count": "Two", "size": "12"}
     for row, kinds in ORGAN_TEMPLATES.items():

@@ -55,6 +55,17 @@ __all__ = [
     "CLAUSE_BREAKS",
     "CONTINUATION_ABSENCE",
     "EMPTY_WORDS",
+    "FINDING_HEDGES",
+    "FINDING_HEDGES_TRAILING",
+    "FINDING_IGNORED",
+    "FINDING_KIND_NAMES",
+    "FINDING_NEAR_ONLY",
+    "FINDING_NEGATIONS",
+    "FINDING_NORMAL",
+    "FINDING_ORGAN_REFS",
+    "FINDING_SCOPE_WORDS",
+    "FINDING_STANDALONE",
+    "FINDING_WORDS",
     "HEDGE_TRAILING",
     "HEDGE_WORDS",
     "IGNORED_TERMS",
@@ -128,7 +139,7 @@ ORGANS: dict[str, dict[str, object]] = {
             "cholelithiasis", "gallstones?", "gall stones?", "cholecystitis", "pericholecystic",
             "cholecystostomy", "cholecyst[a-z]*", "biliary sludge",
         ],
-        "removed": ["cholecystectomy", "cholecystectomies"],
+        "removed": ["cholecystectomy", "cholecystectomies", r"gallbladder\s+agenesis"],
         "fossa": [r"gallbladder\s+(?:fossa|bed)", r"gall[\s-]+bladder\s+(?:fossa|bed)", "cholecystectomy bed"],
     },
     "esophagus": {
@@ -152,6 +163,11 @@ ORGANS: dict[str, dict[str, object]] = {
     "inferior_vena_cava": {
         "noun": [r"inferior\s+vena\s+cava", r"vena\s+cava", "ivc", "cava", "postcava"],
         "finding": ["caval", "ivc filter"],
+        # An interrupted IVC drains through an azygos (or hemiazygos) vein: no cava where the label is.
+        "removed": [
+            r"interrupted\s+(?:inferior\s+vena\s+cava|ivc)", r"interruption\s+of\s+the\s+(?:inferior\s+vena\s+cava|ivc)",
+            r"azygos\s+continuation", r"hemiazygos\s+continuation",
+        ],
     },
     "superior_vena_cava": {
         "noun": [r"superior\s+vena\s+cava", "svc"],
@@ -163,6 +179,8 @@ ORGANS: dict[str, dict[str, object]] = {
             r"splenoportal\s+confluence", "portomesenteric",
         ],
         "finding": [r"portal\s+venous", r"portal\s+vein\s+thrombosis", r"portal\s+hypertension"],
+        # Chronic occlusion: the main portal vein is replaced by a web of small collaterals.
+        "removed": [r"cavernous\s+transformation", r"portal\s+cavernoma"],
     },
     "pancreas": {
         "noun": ["pancreas", r"pancreatic\s+(?:tissue|parenchyma)"],
@@ -174,7 +192,7 @@ ORGANS: dict[str, dict[str, object]] = {
         "noun": [r"adrenal\s+gland", "adrenal", r"suprarenal\s+gland", r"adrenal\s+tissue"],
         "plural": [r"adrenal\s+glands", "adrenals", r"suprarenal\s+glands"],
         "finding": ["adrenal nodule", "adrenal mass", "adrenal adenoma", "adrenal hyperplasia"],
-        "removed": ["adrenalectomy", "adrenalectomies"],
+        "removed": ["adrenalectomy", "adrenalectomies", r"adrenal\s+agenesis"],
     },
     "duodenum": {
         "noun": ["duodenum", r"duodenal\s+tissue"],
@@ -527,6 +545,182 @@ EMPTY_WORDS: list[str] = ["empty", "vacant"]
 
 #: Words that start a new clause inside a sentence: cues do not cross them.
 CLAUSE_BREAKS: list[str] = ["but", "however", "whereas", "although", "though", "while", "otherwise"]
+
+
+# ===================================================================================================
+# Findings: the words of the finding-tag parser (:mod:`mosmoskit.reports.findings`)
+# ===================================================================================================
+# A finding tag ("hepatomegaly", "renal_lesion_left") belongs to one organ and has one *kind*:
+# ``enlarged`` (hepatomegaly, aneurysm, distension, hyperplasia), ``atrophic`` (small, shrunken,
+# flattened, contracted) or ``lesion`` (focal lesion, cyst, nodule, stone, wall thickening,
+# thrombus). The parser finds an organ reference and a finding word in the same clause and ties
+# the word to the nearest reference whose organ accepts it, so every table below is keyed by the
+# vocabulary entry of :data:`ORGANS` (sides removed) and by kind.
+
+#: The kinds a finding can have, in the order the finding table lists them.
+FINDING_KIND_NAMES: tuple[str, ...] = ("enlarged", "atrophic", "lesion")
+
+#: Words that point at an organ for the finding parser: ``singular`` nouns and adjectives, and
+#: ``plural`` nouns that name both sides of a paired organ. Vessels and ducts named after an organ
+#: are in :data:`FINDING_IGNORED`, so "hepatic vein" never points at the liver.
+FINDING_ORGAN_REFS: dict[str, dict[str, list[str]]] = {
+    "liver": {"singular": ["liver", "hepatic", r"hepatic\s+parenchyma"]},
+    "spleen": {"singular": ["spleen", "splenic", r"splenic\s+parenchyma"]},
+    "kidney": {"singular": ["kidney", "renal", r"renal\s+parenchyma"], "plural": ["kidneys"]},
+    "gallbladder": {"singular": ["gallbladder", r"gall[\s-]+bladder", "gb"]},
+    "esophagus": {"singular": ["esophagus", "oesophagus", "esophageal", "oesophageal"]},
+    "stomach": {"singular": ["stomach", "gastric"]},
+    "aorta": {"singular": ["aorta", "aortic"]},
+    "inferior_vena_cava": {"singular": [r"inferior\s+vena\s+cava", r"vena\s+cava", "ivc", "cava", "caval", "postcava"]},
+    "portal_vein_and_splenic_vein": {
+        "singular": [
+            r"portal\s+veins?", r"main\s+portal\s+veins?", r"splenic\s+veins?", r"portal\s+and\s+splenic\s+veins?",
+            r"portal\s+venous\s+system", r"portal\s+venous", "portosplenic", "splenoportal", r"portosplenic\s+confluence",
+            r"splenoportal\s+confluence",
+        ],
+    },
+    "pancreas": {"singular": ["pancreas", "pancreatic", r"pancreatic\s+parenchyma"]},
+    "adrenal_gland": {
+        "singular": ["adrenal", r"adrenal\s+gland", r"suprarenal\s+gland"],
+        "plural": ["adrenals", r"adrenal\s+glands", r"suprarenal\s+glands"],
+    },
+}
+
+#: Finding words per organ and kind. A word counts for an organ only when the clause refers to that
+#: organ (see :data:`FINDING_ORGAN_REFS`); "thickened" is adrenal hyperplasia but gastric wall
+#: thickening, and means nothing for the gallbladder ("the gallbladder wall is not thickened").
+_LESION_WORDS = ["lesions?", "mass(?:es)?", "nodules?", "cysts?", "tumou?rs?", r"hypodensit(?:y|ies)", "metastas[ie]s"]
+_WALL_WORDS = [r"wall\s+thickening", "thickening", r"thickened\s+wall", r"wall\s+thickened", "thickened"]
+_CLOT_WORDS = [r"filling\s+defects?", "thrombus", "thrombi", "thrombosis", "thrombosed", "clots?"]
+_DILATED = ["dilated", "dilatation", "dilation", "distended", "distension", "distention", "enlarged", "enlargement"]
+FINDING_WORDS: dict[str, dict[str, list[str]]] = {
+    "liver": {
+        "enlarged": ["enlarged", "enlargement"],
+        "atrophic": ["atrophic", "atrophy", "shrunken", "small"],
+        "lesion": [*_LESION_WORDS, "hemangiomas?"],
+    },
+    "spleen": {
+        "enlarged": ["enlarged", "enlargement"],
+        "atrophic": ["atrophic", "atrophy", "shrunken", "small"],
+        "lesion": _LESION_WORDS,
+    },
+    "kidney": {
+        "enlarged": ["enlarged", "enlargement"],
+        "atrophic": ["atrophic", "atrophy", "shrunken", "small", r"cortical\s+thinning"],
+        "lesion": [*_LESION_WORDS, "angiomyolipomas?"],
+    },
+    "gallbladder": {
+        "enlarged": ["distended", "distension", "distention", "enlarged", "hydrops"],
+        "atrophic": ["contracted", "shrunken", "atrophic", "small"],
+        "lesion": ["stones?", "calculi", "calculus", "gallstones?", r"gall\s+stones?"],
+    },
+    "esophagus": {"enlarged": ["dilated", "dilatation", "dilation", "distended", "patulous"], "lesion": [*_WALL_WORDS, "mass(?:es)?"]},
+    "stomach": {
+        "enlarged": ["distended", "distension", "distention", "dilated", "dilatation"],
+        "lesion": [*_WALL_WORDS, "mass(?:es)?", "lesions?"],
+    },
+    "aorta": {
+        "enlarged": ["aneurysms?", "aneurysmal", "dilated", "dilatation", "ectatic", "ectasia", "enlarged"],
+        "lesion": [*_WALL_WORDS, r"mural\s+thrombus"],
+    },
+    "inferior_vena_cava": {
+        "enlarged": _DILATED,
+        "atrophic": ["flat", "flattened", "flattening", r"slit[\s-]+like", "collapsed", "small"],
+        "lesion": _CLOT_WORDS,
+    },
+    "portal_vein_and_splenic_vein": {"enlarged": _DILATED, "lesion": _CLOT_WORDS},
+    "pancreas": {
+        "enlarged": ["enlarged", "enlargement", "bulky"],
+        "atrophic": ["atrophic", "atrophy", "shrunken", "small"],
+        "lesion": [*_LESION_WORDS, "ipmns?"],
+    },
+    "adrenal_gland": {
+        "enlarged": ["hyperplasia", "hyperplastic", "thickened", "thickening", "enlarged", "enlargement"],
+        "atrophic": ["atrophic", "atrophy", "thin", "small"],
+        "lesion": ["nodules?", "adenomas?", "mass(?:es)?", "lesions?", "incidentalomas?"],
+    },
+}
+
+#: Finding words that count only right next to their organ ("small left kidney", "the spleen is
+#: small"), never across a clause ("small hypoattenuating lesion in the spleen" is no atrophy).
+FINDING_NEAR_ONLY: tuple[str, ...] = ("small", "thin", "flat")
+
+#: Terms that name the organ and the finding at once: term -> ((vocabulary entry, kind), ...).
+FINDING_STANDALONE: dict[str, tuple[tuple[str, str], ...]] = {
+    "hepatomegaly": (("liver", "enlarged"),),
+    "hepatosplenomegaly": (("liver", "enlarged"), ("spleen", "enlarged")),
+    "splenomegaly": (("spleen", "enlarged"),),
+    "nephromegaly": (("kidney", "enlarged"),),
+    "cholelithiasis": (("gallbladder", "lesion"),),
+    "cholecystolithiasis": (("gallbladder", "lesion"),),
+    "gallstones?": (("gallbladder", "lesion"),),
+    r"gall\s+stones?": (("gallbladder", "lesion"),),
+    "aaa": (("aorta", "enlarged"),),
+}
+
+#: Statements that an organ is normal, and which kinds they deny: ``all`` ("unremarkable",
+#: "normal", "within normal limits"), ``size`` (the enlarged and atrophic kinds: "normal in size",
+#: "normal caliber"), ``lesion`` ("patent", said of a vein: no thrombus), ``none`` ("normal
+#: enhancement" speaks of neither size nor lesions). Tried longest first at each place.
+FINDING_NORMAL: dict[str, str] = {
+    "unremarkable": "all",
+    r"within\s+normal\s+limits": "all",
+    r"normal(?:[\s-]+appearing|\s+in\s+appearance|\s+appearance)": "all",
+    "normal": "all",
+    r"normal(?:\s+in)?\s+(?:size|caliber|calibre|dimensions?|volume|bulk)": "size",
+    r"normal[\s-]+sized": "size",
+    # "normal hepatic size", "normal pancreatic enhancement": a look-ahead, so the organ word stays a reference
+    r"normal(?=\s+[a-z]+\s+(?:size|caliber|calibre|bulk|volume)\b)": "size",
+    r"normal(?=\s+(?:[a-z]+\s+)?(?:enhancement|attenuation|density|contour|position|course|shape|morphology|orientation)\b)": "none",
+    "patent": "lesion",
+}
+
+#: Phrases that hold finding words or organ words but are neither: consumed before anything else.
+FINDING_IGNORED: list[str] = [
+    r"hepatic\s+(?:arter(?:y|ies)|veins?|ducts?|flexure|vasculature)", r"splenic\s+(?:arter(?:y|ies)|flexure)",
+    r"renal\s+(?:arter(?:y|ies)|veins?|pelvis|pelvises|calyx|calyces|calcul(?:us|i)|stones?|sinus|collecting\s+system)",
+    r"gastric\s+(?:arter(?:y|ies)|veins?|varices|antrum\s+contrast)", r"aortic\s+(?:valve|root|arch)",
+    *(rf"{w}\s+ducts?(?:\s+(?:dilatation|dilation))?" for w in (r"common\s+bile", "bile", "biliary", "pancreatic", "cystic", "hepatic")),
+    *(rf"{w}\s+(?:ductal\s+)?(?:dilatation|dilation)" for w in ("biliary", "ductal", r"intrahepatic\s+biliary")), "ductal",
+    r"portal\s+venous\s+phase", r"portal\s+(?:venous\s+)?phase", r"lymph\s+nodes?", r"small[\s-]+bowel",
+    r"small[\s-]+intestines?", "smaller", "smallest", "largest", "larger",
+]
+
+#: Words before a finding that negate it ("no", "without"); "not" negates what follows it
+#: directly ("the spleen is not enlarged").
+FINDING_NEGATIONS: list[str] = ["no", "without", r"negative\s+for", r"free\s+of", "nor", "neither", r"not\s+any", "not"]
+
+#: Words before a finding that make it uncertain ("possible hepatic lesion"). Like every finding
+#: term, each starts with a plain letter (the compiled expression is a tree on the first letters),
+#: except the question mark.
+FINDING_HEDGES: list[str] = [
+    "possible", "possibly", "probable", "probably", "likely", "suspected", "suspect", r"suspicious\s+(?:for|of)",
+    "questionable", r"question\s+of", r"concerning\s+for", r"may\s+represent", r"could\s+represent", r"may\s+be",
+    r"cannot\s+exclude", r"can\s*not\s+exclude", "equivocal", "presumed", "presumably", "perhaps", r"\?",
+]
+
+#: Hedges right after a finding ("thrombus not excluded", "splenic lesion?"). A word about the
+#: lesion's nature ("lesion, likely a cyst") is not a hedge of the lesion.
+FINDING_HEDGES_TRAILING: list[str] = [
+    r"(?:is\s+|are\s+)?not\s+excluded", r"(?:cannot|can\s*not|can't)\s+be\s+(?:excluded|ruled\s+out)",
+    r"(?:is|are)\s+(?:possible|suspected|questioned|uncertain)", r"\?",
+]
+
+#: Words a negation or hedge reaches a finding through ("no *definite focal hepatic* lesion", "no
+#: hepatomegaly *or* splenomegaly"). Organ words, side words and other finding words are let
+#: through too; any other word ends the scope ("no hepatomegaly; the spleen *is* enlarged").
+FINDING_SCOPE_WORDS: list[str] = [
+    "a", "an", "the", "any", "evidence", "of", "sign", "signs", "definite", "definitive", "focal",
+    "discrete", "suspicious", "significant", "new", "additional", "other", "obvious", "visible", "solid",
+    "cystic", "hypodense", "hypoattenuating", "hyperdense", "enhancing", "simple", "complex", "or", "nor",
+    "and", "main", "distal", "proximal", "abdominal", "wall", "mural", "gross", "convincing", "measurable",
+    "appreciable", "identifiable", "mass-like", "nodular", "diffuse", "mild", "moderate", "severe",
+    "marked", "markedly", "significantly", "definitely", "clearly", "grossly", "substantially", "further",
+    "intrinsic", "acute", "chronic", "residual", "recurrent", "partial", "occlusive", "nonocclusive",
+    "left", "right", "bilateral", "both", "either", "sided", "cortical", "organized", "bland", "tiny", "few",
+    "several", "multiple", "numerous", "single", "solitary", "punctate", "subcentimeter", "large", "calcified",
+    "incidental", "portal", "mesenteric", "venous",
+]
 
 
 def _check_tables(organs: Mapping[str, Mapping[str, object]]) -> None:
