@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 POS_ENCODINGS: tuple[str, ...] = ("sincos", "none")
-READOUTS: tuple[str, ...] = ("decoder", "evidence")
+READOUTS: tuple[str, ...] = ("decoder", "evidence", "competition")
 MAP_NORMALIZATIONS: tuple[str, ...] = ("sum", "max", "none")
 
 
@@ -50,11 +50,18 @@ class TagHeadOutput:
             each row is a distribution over the N feature positions (sums to 1).
         maps: (B, K, *grid) the same numbers reshaped to the feature grid:
             ``maps[b, k].flatten() == attention[b, k]``.
+        pixel_logits: (competition readout only) (B, K + 1, N) class scores of every pixel,
+            background first; None for the other readouts.
+
+    In the ``"competition"`` readout ``attention`` and ``maps`` hold each pixel's probability of
+    being organ k (in [0, 1], competing with the other organs and the background), not a
+    distribution over pixels.
     """
 
     logits: torch.Tensor
     attention: torch.Tensor
     maps: torch.Tensor
+    pixel_logits: torch.Tensor | None = None
 
 
 class GroupFC(nn.Module):
@@ -200,6 +207,16 @@ class TagHead(nn.Module):
             pooling, as in weakly supervised localisation) and the map is ``softmax_n(s_kn)``. A tag
             can only be "present" where some pixel scores high, so the map has to find the organ.
             The decoder layers are not built in this mode.
+            ``"competition"``: multi-class multiple-instance learning. Every pixel's scores form a
+            softmax over background plus the K organs, ``p_kn = softmax_k(s_kn)`` with
+            ``s_kn = <q_k, key_n> / sqrt(E) + b_k`` (a learnt background query is class 0), so two
+            tags cannot claim the same pixel. A tag's probability pools its organ's pixel
+            probabilities, ``P_k = mean of the top ceil(pool_fraction * N) values of p_kn``, and the
+            logit is ``log P_k - log(1 - P_k)``: an absent organ must have no pixel, a present one
+            some pixels. The map of tag k is ``p_kn`` itself (a probability per pixel, not a
+            distribution over pixels), and ``TagHeadOutput.pixel_logits`` holds the K + 1 class
+            scores for losses on the pixels (e.g. intensity-based background).
+        pool_fraction: (competition) share of the pixels a tag's probability is pooled from.
 
     Shapes (forward):
         features (B, N, C), grid with prod(grid) == N -> ``TagHeadOutput`` with logits (B, K),
@@ -228,6 +245,7 @@ class TagHead(nn.Module):
         ffn_dim: int | None = None,
         pos_encoding: str = "sincos",
         readout: str = "decoder",
+        pool_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         for name, value in (("num_tags", num_tags), ("feature_dim", feature_dim), ("embed_dim", embed_dim),
@@ -241,6 +259,8 @@ class TagHead(nn.Module):
         if not -num_layers <= map_layer < num_layers:
             raise ValueError(f"map_layer must be in [{-num_layers}, {num_layers - 1}] for {num_layers} layer(s), "
                              f"got {map_layer!r}")
+        if not 0.0 < float(pool_fraction) <= 1.0:
+            raise ValueError(f"pool_fraction must be in (0, 1], got {pool_fraction!r}")
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {list(READOUTS)}, got {readout!r}")
         if pos_encoding not in POS_ENCODINGS:
@@ -256,6 +276,7 @@ class TagHead(nn.Module):
         self.map_layer = int(map_layer) % self.num_layers
         self.pos_encoding = pos_encoding
         self.readout = readout
+        self.pool_fraction = float(pool_fraction)
 
         if query_init is None:
             self.query_embed = nn.Parameter(torch.randn(self.num_tags, self.embed_dim))
@@ -284,6 +305,9 @@ class TagHead(nn.Module):
             self.evidence_query = nn.Linear(self.embed_dim, self.embed_dim)
             self.evidence_key = nn.Linear(self.embed_dim, self.embed_dim)
             self.evidence_bias = nn.Parameter(torch.zeros(self.num_tags))
+        if readout == "competition":
+            # The background is a class of its own: most pixels of a CT slice belong to no organ.
+            self.background_query = nn.Parameter(torch.randn(1, self.embed_dim) / math.sqrt(self.embed_dim))
 
     def tag_queries(self) -> torch.Tensor:
         """The K initial decoder queries, (K, E)."""
@@ -291,6 +315,19 @@ class TagHead(nn.Module):
             return self.query_embed
         projected = F.layer_norm(self.query_proj(self.query_text), (self.embed_dim,))
         return projected + self.query_embed
+
+    def _compete(self, keys: torch.Tensor, grid: tuple[int, ...]) -> TagHeadOutput:
+        """The ``"competition"`` readout (see the class docstring); ``keys`` (B, N, E)."""
+        batch = keys.shape[0]
+        queries = torch.cat([self.background_query, self.tag_queries()])  # (K + 1, E), background first
+        bias = F.pad(self.evidence_bias, (1, 0))  # the background's score has no offset of its own
+        scores = torch.einsum("ke,bne->bkn", self.evidence_query(queries), self.evidence_key(keys))
+        scores = scores / math.sqrt(self.embed_dim) + bias[None, :, None]  # (B, K + 1, N)
+        organ_probs = scores.float().softmax(dim=1)[:, 1:]  # (B, K, N): each pixel's share per organ
+        pooled = _top_fraction_mean(organ_probs, self.pool_fraction).clamp(1e-6, 1.0 - 1e-6)
+        logits = torch.log(pooled) - torch.log1p(-pooled)
+        return TagHeadOutput(logits=logits, attention=organ_probs,
+                             maps=organ_probs.reshape(batch, self.num_tags, *grid), pixel_logits=scores)
 
     def forward(self, features: torch.Tensor, grid: Sequence[int]) -> TagHeadOutput:
         """Recognise tags and return their attention maps.
@@ -319,6 +356,8 @@ class TagHead(nn.Module):
         keys = memory
         if self.pos_encoding == "sincos":
             keys = memory + sincos_position_encoding(grid, self.embed_dim, memory.device, memory.dtype)
+        if self.readout == "competition":
+            return self._compete(keys, grid)
         if self.readout == "evidence":
             query = self.evidence_query(self.tag_queries())  # (K, E)
             scores = torch.einsum("ke,bne->bkn", query, self.evidence_key(keys)) / math.sqrt(self.embed_dim)
@@ -334,6 +373,12 @@ class TagHead(nn.Module):
                 attention = layer_attention
         logits = self.classifier(self.output_norm(queries))
         return TagHeadOutput(logits=logits, attention=attention, maps=attention.reshape(batch, self.num_tags, *grid))
+
+
+def _top_fraction_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the largest ``ceil(fraction * N)`` entries along the last axis (N = its length)."""
+    count = max(1, math.ceil(fraction * values.shape[-1]))
+    return values.topk(count, dim=-1).values.mean(dim=-1)
 
 
 def _check_maps(maps: torch.Tensor, what: str = "maps") -> None:
