@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from monai.networks.nets.basic_unet import Down, TwoConv
+from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from monai.networks.nets.vit import ViT
 
 from mosmoskit.models.registry import register_model
@@ -38,6 +38,7 @@ __all__ = [
     "UNETR_PATCH_SIZE",
     "UNETR_NUM_LAYERS",
     "BASIC_UNET_LEVELS",
+    "FEATURE_PATHS",
     "vit3d",
     "unet2d",
     "load_encoder_into_unetr",
@@ -51,6 +52,8 @@ UNETR_NUM_LAYERS = 12
 
 # BasicUNet's encoder blocks, shallowest first; level i has stride 2**i.
 BASIC_UNET_LEVELS: tuple[str, ...] = ("conv_0", "down_1", "down_2", "down_3", "down_4")
+#: where a BasicUNet encoder's tag-head features come from (see ``BasicUNetEncoder``)
+FEATURE_PATHS: tuple[str, ...] = ("encoder", "decoder")
 
 # BasicUNet's default activation, kept so that the default encoder loads into a default-act BasicUNet.
 _BASIC_UNET_ACT: tuple[str, dict[str, Any]] = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
@@ -305,7 +308,12 @@ class BasicUNetEncoder(ImageEncoder):
 
     The tag head reads one level, ``feature_level`` (default 2, stride 4: DESIGN.md section 5 saw
     small organs such as the kidneys missed by one stride-8 cell), optionally projected by a 1x1
-    convolution ``feature_proj`` to ``feature_dim`` channels.
+    convolution ``feature_proj`` to ``feature_dim`` channels. With ``feature_path="decoder"`` the
+    encoder also builds BasicUNet's decoder blocks ``upcat_4`` ... down to ``feature_level`` and the
+    tag head reads that decoder level instead: features that know the anatomy seen by the deepest
+    level (a receptive field over most of the image) and still resolve small organs at stride
+    ``2**feature_level``. The decoder blocks are named and built as in ``BasicUNet``; only the
+    encoder blocks are loaded into a segmenter (``load_encoder_into_basic_unet``).
 
     Normalisation defaults to BatchNorm: in the 2D prototype (DESIGN.md section 5) GroupNorm
     collapsed the pooled image embeddings (cosine 0.9995 between images, both losses at chance)
@@ -316,7 +324,8 @@ class BasicUNetEncoder(ImageEncoder):
         in_channels: image channels.
         features: six widths as in ``BasicUNet``: five encoder levels and the last decoder width
             (unused here, kept so the same tuple builds the matching ``BasicUNet``).
-        feature_level: which level (0-4) feeds the tag head.
+        feature_level: which level feeds the tag head: 0-4 of the encoder, or 0-3 of the decoder.
+        feature_path: ``"encoder"`` (default) or ``"decoder"`` (see above).
         feature_dim: if given, project that level to this many channels with a 1x1 convolution;
             if None, ``feature_dim = features[feature_level]``.
         norm: MONAI norm name or (name, args), e.g. ``"batch"``, ``("instance", {"affine": True})``.
@@ -327,8 +336,9 @@ class BasicUNetEncoder(ImageEncoder):
 
     Output of ``forward(x)`` with x (B, in_channels, H, W), H and W multiples of 16:
         features: (B, (H/s)*(W/s), feature_dim), s = 2**feature_level; pooled: (B, features[4]),
-        the global average of the deepest level; hidden_states: the five levels
-        (B, features[i], H/2**i, W/2**i), i = 0..4.
+        the global average of the deepest level; hidden_states: the five encoder levels
+        (B, features[i], H/2**i, W/2**i), i = 0..4 (never the decoder's, so that a segmenter
+        decoder reuses exactly what ``BasicUNet`` would).
 
     Example:
         >>> enc = BasicUNetEncoder(features=(8, 8, 16, 16, 32, 8))
@@ -348,6 +358,7 @@ class BasicUNetEncoder(ImageEncoder):
         bias: bool = True,
         dropout: float = 0.0,
         spatial_dims: int = 2,
+        feature_path: str = "encoder",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -358,8 +369,11 @@ class BasicUNetEncoder(ImageEncoder):
                 f"features must be six positive widths as in BasicUNet (five encoder levels and the last "
                 f"decoder width), got {tuple(features)!r}"
             )
-        if not 0 <= feature_level < len(BASIC_UNET_LEVELS):
-            raise ValueError(f"feature_level must be in 0..{len(BASIC_UNET_LEVELS) - 1}, got {feature_level!r}")
+        if feature_path not in FEATURE_PATHS:
+            raise ValueError(f"feature_path must be one of {list(FEATURE_PATHS)}, got {feature_path!r}")
+        top = len(BASIC_UNET_LEVELS) - (1 if feature_path == "encoder" else 2)
+        if not 0 <= feature_level <= top:
+            raise ValueError(f"feature_level must be in 0..{top} for the {feature_path} path, got {feature_level!r}")
         if feature_dim is not None and feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1 or None, got {feature_dim!r}")
         if int(in_channels) < 1:
@@ -371,6 +385,7 @@ class BasicUNetEncoder(ImageEncoder):
         self.in_channels = int(in_channels)
         self.features = fea
         self.feature_level = int(feature_level)
+        self.feature_path = feature_path
         self.norm = norm
         self.act = act
         self.bias = bool(bias)
@@ -386,8 +401,16 @@ class BasicUNetEncoder(ImageEncoder):
         self.down_2 = Down(spatial_dims, fea[1], fea[2], act, norm, bias, dropout)
         self.down_3 = Down(spatial_dims, fea[2], fea[3], act, norm, bias, dropout)
         self.down_4 = Down(spatial_dims, fea[3], fea[4], act, norm, bias, dropout)
-
         level_width = fea[self.feature_level]
+        if feature_path == "decoder":
+            # BasicUNet's decoder from the deepest level up to ``feature_level`` (same names, widths).
+            widths = {4: (fea[4], fea[3], fea[3]), 3: (fea[3], fea[2], fea[2]), 2: (fea[2], fea[1], fea[1]),
+                      1: (fea[1], fea[0], fea[5])}
+            for level in range(4, self.feature_level, -1):
+                in_ch, cat_ch, out_ch = widths[level]
+                setattr(self, f"upcat_{level}", UpCat(spatial_dims, in_ch, cat_ch, out_ch, act, norm, bias, dropout,
+                                                      "deconv", halves=level != 1))
+            level_width = widths[self.feature_level + 1][2]
         if feature_dim is None:
             self.feature_dim = level_width
             self.feature_proj: nn.Module = nn.Identity()
@@ -421,7 +444,13 @@ class BasicUNetEncoder(ImageEncoder):
         levels = [self.conv_0(x)]
         for name in BASIC_UNET_LEVELS[1:]:
             levels.append(getattr(self, name)(levels[-1]))
-        fmap = self.feature_proj(levels[self.feature_level])
+        if self.feature_path == "decoder":
+            up = levels[-1]
+            for level in range(4, self.feature_level, -1):
+                up = getattr(self, f"upcat_{level}")(up, levels[level - 1])
+            fmap = self.feature_proj(up)
+        else:
+            fmap = self.feature_proj(levels[self.feature_level])
         grid = tuple(fmap.shape[2:])
         pooled = levels[-1].flatten(2).mean(dim=2)
         return EncoderOutput(
@@ -468,6 +497,7 @@ def unet2d(
     act: str | tuple = _BASIC_UNET_ACT,
     bias: bool = True,
     dropout: float = 0.0,
+    feature_path: str = "encoder",
 ) -> BasicUNetEncoder:
     """BasicUNet's 2D encoder half (see ``BasicUNetEncoder``); tag-head features at stride 4."""
     return BasicUNetEncoder(
@@ -480,6 +510,7 @@ def unet2d(
         bias=bias,
         dropout=dropout,
         spatial_dims=2,
+        feature_path=feature_path,
     )
 
 
