@@ -4,6 +4,9 @@
   clamped temperature, gathering embeddings across processes under ``torch.distributed``.
 * :class:`TagLoss`: objective B, multi-label organ-tag recognition (BCE or asymmetric loss),
   masking tags a report does not mention.
+* :func:`intensity_background_loss`: a free constraint on the tag head's pixels (air, fat and
+  bone are no organ), read from the intensities; :func:`intensity_affinity_loss`: neighbouring
+  pixels of similar intensity share a class.
 * :class:`SegmentationLoss`: fine-tuning, Dice + cross-entropy as separate terms.
 
 Example:
@@ -16,8 +19,9 @@ Example:
     >>> total = sum(terms.values())
 """
 
+from mosmoskit.losses.background import intensity_affinity_loss, intensity_background_loss
 from mosmoskit.losses.contrastive import ContrastiveLoss
 from mosmoskit.losses.segmentation import SegmentationLoss
 from mosmoskit.losses.tags import TAG_ABSENT, TAG_PRESENT, TAG_UNMENTIONED, TagLoss
 
-__all__ = ["ContrastiveLoss", "SegmentationLoss", "TagLoss", "TAG_ABSENT", "TAG_PRESENT", "TAG_UNMENTIONED"]
+__all__ = ["ContrastiveLoss", "SegmentationLoss", "intensity_affinity_loss", "intensity_background_loss", "TagLoss", "TAG_ABSENT", "TAG_PRESENT", "TAG_UNMENTIONED"]
