@@ -17,7 +17,21 @@ __all__ = ["pointing_hits", "fixed_position_points", "PointingTally"]
 
 
 def _argmax_position(volume: np.ndarray) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(volume)), volume.shape))
+    """The peak of ``volume``; among tied voxels, the one nearest the centre of the tie.
+
+    A coarse map upsampled with ``align_corners=False`` is flat between its outermost cell centres
+    and the border, so a peak in an outer cell is a plateau reaching the image's face. ``np.argmax``
+    would take the plateau's first voxel, on the face, and a random 3x3x2 map would then "point" at
+    a face most of the time; the plateau's middle is where the cell actually says the organ is.
+    """
+    flat = np.asarray(volume).ravel()
+    top = flat.max()
+    ties = np.flatnonzero(flat >= top - 1e-6 * max(abs(float(top)), 1e-12))
+    if len(ties) == 1:
+        return tuple(int(i) for i in np.unravel_index(int(ties[0]), volume.shape))
+    coords = np.stack(np.unravel_index(ties, volume.shape), axis=1)
+    nearest = np.argmin(((coords - coords.mean(axis=0)) ** 2).sum(axis=1))
+    return tuple(int(i) for i in coords[nearest])
 
 
 def pointing_hits(
