@@ -15,6 +15,8 @@ from mosmoskit.config import check_choice, check_phantom_grid, check_positive
 __all__ = ["PretrainConfig"]
 
 ENCODER_DIMS = {"unet2d": 2, "vit3d": 3}
+#: the phantom generator settings a pre-training cohort can be drawn with (``phantom_preset``)
+PHANTOM_PRESETS = ("default", "pretraining")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class PretrainConfig:
             In 3D, a grid equal to ``image_size`` lets the ViT see the whole body its report
             describes (a centre crop of a larger grid cuts off lateral organs the report names).
         phantom_spacing: phantom voxel size in mm (empty: the generator's default, 4x4x5 or 3x3).
+        phantom_preset: ``"default"`` (the generator's defaults, as fine-tuning cohorts use) or
+            ``"pretraining"`` (:meth:`~mosmoskit.data.phantom.PhantomConfig.pretraining`: every organ
+            absent, atrophic, enlarged or lesioned in an enriched share of patients, anatomy that
+            varies as much as real anatomy; a tag can then only be checked by looking at the organ).
         phantom_scan_range_prob: (3D) share of phantom scans that cover only part of the abdomen
             (a chest CT reaching the upper abdomen, a pelvic CT reaching the lower one); their
             reports say which organs lie outside the field of view, which gives the organ tags of
@@ -41,6 +47,8 @@ class PretrainConfig:
         image_size: the network input grid; images are centre-cropped/padded to it.
         max_shift: random translation in voxels per axis during training (maps must follow the organ,
             not a fixed position).
+        max_rotation_deg, max_scale: random rotation (degrees, in the axial plane) and zoom (1 +-
+            max_scale) during training, for the same reason; 0 switches each off.
         window: HU window mapped to [0, 1].
 
     Model:
@@ -55,10 +63,29 @@ class PretrainConfig:
             runs several times faster; only the text projection learns. Unfreeze on a GPU.
         embed_dim: width of the shared image-report space.
         tag_head_dim, tag_head_layers, tag_head_heads: the tag decoder.
-        tag_readout: ``"evidence"`` (tag logit = log-sum-exp of the tag's pixel attention scores,
-            so a present tag must point somewhere) or ``"decoder"`` (logit from the decoder's query;
-            localised poorly on the phantoms, see ``TagHead``).
-        feature_level: U-Net level the tag head reads (2 = stride 4, 3 = stride 8; 2D only).
+        tag_readout: ``"competition"`` (every pixel is a softmax over background and the K organs,
+            a tag's probability pools its organ's pixels: tags cannot share a pixel),
+            ``"evidence"`` (tag logit = log-sum-exp of the tag's pixel attention scores, so a
+            present tag must point somewhere) or ``"decoder"`` (logit from the decoder's query;
+            localised poorly on the phantoms). See ``TagHead``.
+        tag_pool_fraction: (competition) share of the pixels each tag's probability is pooled from.
+        tag_pos_encoding: ``"sincos"`` (absolute position added to the tag head's keys) or
+            ``"none"`` (the maps follow image content only; a CNN still knows position near borders).
+        feature_path: (2D) ``"encoder"``: the tag head reads U-Net encoder level ``feature_level``;
+            ``"decoder"``: it reads BasicUNet's decoder at that level (deep context, fine grid).
+        feature_level: U-Net level the tag head reads (1 = stride 2, 2 = stride 4, 3 = stride 8; 2D only).
+        organ_hu: (competition) (low, high) HU range organ pixels lie in; pixels outside it (air,
+            fat, lung, dense bone: read from the intensities, no label) are taught to be background
+            with weight ``organ_hu_weight``. Empty switches it off.
+        organ_hu_weight: weight of that term (``background`` in the logs).
+        affinity_weight: (competition, 2D) weight of the intensity-affinity term (``affinity`` in the
+            logs): neighbouring pixels of similar intensity share a class, so a tag's pixels spread
+            over its organ's homogeneous extent and stop at the fat around it. 0 switches it off.
+        affinity_sigma_hu: intensity scale of that affinity in HU.
+        mosaic_per_batch: 2x2 mosaics of four images of the batch (each shrunk by half, from
+            different patients) added to every batch for the tag loss only; a mosaic's tag is 1 if
+            any tile's is, 0 if every tile's is, else unmentioned. Breaks the "where in the image"
+            shortcut: an organ can then be anywhere.
 
     Objectives:
         contrastive_weight: weight of the image-report InfoNCE term (0 switches it off).
@@ -79,10 +106,13 @@ class PretrainConfig:
     phantom_slices_per_case: int = 8
     phantom_shape: tuple[int, ...] = ()
     phantom_spacing: tuple[float, ...] = ()
+    phantom_preset: str = "default"
     phantom_scan_range_prob: float = 0.0
     val_fraction: float = 0.2
     image_size: tuple[int, ...] = (128, 128)
     max_shift: int = 12
+    max_rotation_deg: float = 0.0
+    max_scale: float = 0.0
     window: tuple[float, float] = (-175.0, 250.0)
 
     spatial_dims: int = 2
@@ -95,7 +125,15 @@ class PretrainConfig:
     tag_head_layers: int = 1
     tag_head_heads: int = 4
     tag_readout: str = "evidence"
+    tag_pool_fraction: float = 0.01
+    tag_pos_encoding: str = "sincos"
+    feature_path: str = "encoder"
     feature_level: int = 2
+    organ_hu: tuple[float, ...] = ()
+    organ_hu_weight: float = 1.0
+    affinity_weight: float = 0.0
+    affinity_sigma_hu: float = 20.0
+    mosaic_per_batch: int = 0
 
     contrastive_weight: float = 1.0
     tag_loss_weight: float = 1.0
@@ -135,6 +173,7 @@ class PretrainConfig:
         if self.window[0] >= self.window[1]:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
         check_phantom_grid(self.phantom_shape, self.phantom_spacing, self.spatial_dims)
+        check_choice("phantom_preset", self.phantom_preset, PHANTOM_PRESETS)
         if not 0.0 <= float(self.phantom_scan_range_prob) <= 1.0:
             raise ValueError(
                 f"phantom_scan_range_prob must be a probability in [0, 1], got {self.phantom_scan_range_prob!r}"
@@ -143,18 +182,38 @@ class PretrainConfig:
             raise ValueError("phantom_scan_range_prob applies to 3D phantom volumes only; a 2D slice report already "
                              "names the organs outside its slice")
         check_choice("tag_loss", self.tag_loss, ("bce", "asl"))
-        check_choice("tag_readout", self.tag_readout, ("evidence", "decoder"))
-        check_choice("feature_level", self.feature_level, (0, 1, 2, 3, 4))
+        check_choice("tag_readout", self.tag_readout, ("competition", "evidence", "decoder"))
+        check_choice("tag_pos_encoding", self.tag_pos_encoding, ("sincos", "none"))
+        check_choice("feature_path", self.feature_path, ("encoder", "decoder"))
+        check_choice("feature_level", self.feature_level, (0, 1, 2, 3) if self.feature_path == "decoder" else (0, 1, 2, 3, 4))
+        if self.feature_path == "decoder" and self.image_encoder != "unet2d":
+            raise ValueError(f"feature_path='decoder' needs the U-Net encoder, not {self.image_encoder!r}")
+        if not 0.0 < float(self.tag_pool_fraction) <= 1.0:
+            raise ValueError(f"tag_pool_fraction must be in (0, 1], got {self.tag_pool_fraction!r}")
+        if self.organ_hu and (len(self.organ_hu) != 2 or self.organ_hu[0] >= self.organ_hu[1]):
+            raise ValueError(f"organ_hu must be empty or (low, high) with low < high, got {self.organ_hu!r}")
+        if self.organ_hu and self.tag_readout != "competition":
+            raise ValueError("organ_hu teaches the competition readout's background class; set "
+                             f"tag_readout='competition' (got {self.tag_readout!r}) or leave organ_hu empty")
+        if self.affinity_weight and (self.tag_readout != "competition" or self.spatial_dims != 2):
+            raise ValueError("affinity_weight acts on the competition readout's pixels of 2D images; set "
+                             "tag_readout='competition' with spatial_dims=2, or affinity_weight=0")
+        if not 0.0 <= float(self.max_scale) < 1.0:
+            raise ValueError(f"max_scale must be in [0, 1), got {self.max_scale!r}")
+        if self.mosaic_per_batch and self.spatial_dims != 2:
+            raise ValueError("mosaic_per_batch applies to 2D slices only")
         check_choice("unmentioned", self.unmentioned, ("mask", "negative"))
         for name in ("contrastive_weight", "tag_loss_weight", "weight_decay"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if self.contrastive_weight == 0 and self.tag_loss_weight == 0:
             raise ValueError("contrastive_weight and tag_loss_weight are both 0: nothing to train")
-        for name in ("max_steps", "batch_size", "lr", "embed_dim", "tag_head_dim", "tag_head_layers",
+        for name in ("max_steps", "batch_size", "lr", "embed_dim", "affinity_sigma_hu", "tag_head_dim", "tag_head_layers",
                      "tag_head_heads", "grad_accum_steps", "val_every", "checkpoint_every",
                      "phantom_cases", "phantom_slices_per_case"):
             check_positive(name, getattr(self, name))
-        for name in ("encoder_width", "max_shift", "num_workers", "warmup_steps", "text_lr_scale", "grad_clip_norm"):
+        for name in ("encoder_width", "max_shift", "max_rotation_deg", "organ_hu_weight", "mosaic_per_batch",
+                     "affinity_weight",
+                     "num_workers", "warmup_steps", "text_lr_scale", "grad_clip_norm"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -172,5 +231,5 @@ class PretrainConfig:
         return {
             "phantom_cases": self.phantom_cases, "phantom_slices_per_case": self.phantom_slices_per_case,
             "phantom_shape": self.phantom_shape, "phantom_spacing": self.phantom_spacing,
-            "phantom_scan_range_prob": self.phantom_scan_range_prob,
+            "phantom_scan_range_prob": self.phantom_scan_range_prob, "phantom_preset": self.phantom_preset,
         }

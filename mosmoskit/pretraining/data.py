@@ -7,6 +7,8 @@ tags are used only to *measure* the parser, never to train.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,13 +16,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from scipy import ndimage
+
 from mosmoskit.data.datalists import CaseList, load_dataset, split_cases
 from mosmoskit.data.readers import load_image, load_label
 from mosmoskit.labels import LabelMap, load_label_map
 
 __all__ = [
     "ImageReportDataset",
+    "Move",
     "center_crop_or_pad",
+    "move_image",
+    "tag_mosaics",
+    "training_masks",
     "patient_of",
     "prepare_pretraining_data",
     "shift_with_padding",
@@ -71,6 +79,90 @@ def shift_with_padding(array: np.ndarray, shift: Sequence[int], fill: float = 0.
     return out
 
 
+@dataclass(frozen=True)
+class Move:
+    """A rigid-plus-scale move of an image about its centre: what a patient's position does.
+
+    Attributes:
+        shift: translation in voxels per axis.
+        rotation_deg: in-plane rotation (2D) or rotation about the craniocaudal (last) axis (3D),
+            degrees.
+        scale: zoom factor (1 = none; 1.1 makes the anatomy 10% larger).
+    """
+
+    shift: tuple[int, ...]
+    rotation_deg: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def is_shift_only(self) -> bool:
+        return self.rotation_deg == 0.0 and self.scale == 1.0
+
+
+def move_image(array: np.ndarray, move: Move, fill: float = 0.0, order: int = 1) -> np.ndarray:
+    """Apply ``move`` to ``array`` (2D or 3D); what leaves the grid is lost, what enters is ``fill``.
+
+    A pure shift goes through :func:`shift_with_padding` (exact, no interpolation); otherwise the
+    image is resampled with ``scipy.ndimage.affine_transform`` (``order`` 1 for images, 0 for
+    label masks) about the grid centre.
+    """
+    if move.is_shift_only:
+        return shift_with_padding(array, move.shift, fill=fill)
+    angle = np.deg2rad(move.rotation_deg)
+    c, s = np.cos(angle), np.sin(angle)
+    forward = np.eye(array.ndim)
+    forward[:2, :2] = [[c, -s], [s, c]]
+    forward *= move.scale
+    if array.ndim == 3:  # the zoom is isotropic, the rotation only in the axial plane
+        forward[2, 2] = move.scale
+    # affine_transform maps output coordinates to input ones: x_in = A^-1 (x_out - centre - shift) + centre
+    inverse = np.linalg.inv(forward)
+    centre = (np.asarray(array.shape, dtype=np.float64) - 1.0) / 2.0
+    offset = centre - inverse @ (centre + np.asarray(move.shift, dtype=np.float64))
+    out = ndimage.affine_transform(array, inverse, offset=offset, order=order, mode="constant", cval=fill,
+                                   prefilter=False)
+    return out.astype(array.dtype, copy=False)
+
+
+def tag_mosaics(
+    images: torch.Tensor, tags: torch.Tensor, count: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 mosaics of images of a batch, for the tag loss: an organ can then be anywhere.
+
+    Each mosaic shrinks four images of the batch (drawn without replacement) by half (2x2 mean)
+    and tiles them. Its tags are the union of the tiles' report tags: 1 if any tile's report says
+    the organ is there, 0 if every tile's report says it is not, else -1 (unmentioned).
+
+    Args:
+        images: (B, C, H, W) with H and W even and B >= 4.
+        tags: (B, K) in {1, 0, -1}.
+        count: mosaics to make.
+        generator: draws the tiles (seed it from the batch for a reproducible run).
+
+    Returns:
+        mosaics (count, C, H, W) and their tags (count, K).
+
+    Raises:
+        ValueError: fewer than 4 images, odd sizes, or not 2D images.
+    """
+    if images.ndim != 4 or images.shape[0] < 4 or images.shape[2] % 2 or images.shape[3] % 2:
+        raise ValueError(f"mosaics need >= 4 2D images (B, C, H, W) with even H and W, got {tuple(images.shape)}")
+    small = torch.nn.functional.avg_pool2d(images, kernel_size=2)
+    mosaics, mosaic_tags = [], []
+    for _ in range(int(count)):
+        pick = torch.randperm(images.shape[0], generator=generator)[:4].to(images.device)
+        tiles = small[pick]
+        top = torch.cat([tiles[0], tiles[1]], dim=2)
+        bottom = torch.cat([tiles[2], tiles[3]], dim=2)
+        mosaics.append(torch.cat([top, bottom], dim=1))
+        t = tags[pick]
+        union = torch.full_like(t[0], -1.0)
+        union[(t == 0).all(dim=0)] = 0.0
+        union[(t == 1).any(dim=0)] = 1.0
+        mosaic_tags.append(union)
+    return torch.stack(mosaics), torch.stack(mosaic_tags)
+
+
 def patient_of(case: dict[str, Any]) -> str:
     """The patient a case belongs to: 2D slices carry their volume's id in ``parent_case``."""
     return str(case.get("parent_case") or case.get("patient_id") or case["case_id"])
@@ -82,7 +174,8 @@ class ImageReportDataset(Dataset):
     Each item is a dict:
 
     - ``image``: float32 tensor (1, *image_size), HU windowed to [0, 1], randomly shifted by up to
-      ``max_shift`` voxels per axis when ``max_shift > 0``;
+      ``max_shift`` voxels per axis when ``max_shift > 0``, rotated by up to ``max_rotation_deg``
+      and zoomed by up to ``max_scale`` when those are set (see :class:`Move`);
     - ``report``: the report text;
     - ``tags``: float32 tensor (K,) in {1, 0, -1} (present, absent, not mentioned) from the parser;
     - ``case_id``: str;
@@ -102,7 +195,9 @@ class ImageReportDataset(Dataset):
         image_size: network input grid; images are centre-cropped/padded to it.
         window: HU window mapped to [0, 1].
         max_shift: random translation in voxels per axis (0 = off).
-        seed: base seed of the shifts.
+        max_rotation_deg: random in-plane rotation in degrees, uniform in +-this (0 = off).
+        max_scale: random zoom, uniform in 1 +- this (0 = off).
+        seed: base seed of the moves.
         with_labels: also load the masks (evaluation of attention maps on phantoms).
         progress: show a progress bar while loading.
 
@@ -121,6 +216,8 @@ class ImageReportDataset(Dataset):
         seed: int = 0,
         with_labels: bool = False,
         progress: bool = False,
+        max_rotation_deg: float = 0.0,
+        max_scale: float = 0.0,
     ) -> None:
         from mosmoskit.reports import extract_tags
 
@@ -129,6 +226,11 @@ class ImageReportDataset(Dataset):
         self.label_map = label_map
         self.image_size = tuple(int(s) for s in image_size)
         self.max_shift = int(max_shift)
+        self.max_rotation_deg = float(max_rotation_deg)
+        self.max_scale = float(max_scale)
+        if self.max_shift < 0 or self.max_rotation_deg < 0 or not 0.0 <= self.max_scale < 1.0:
+            raise ValueError(f"moves must be max_shift >= 0, max_rotation_deg >= 0 and max_scale in [0, 1), got "
+                             f"{max_shift!r}, {max_rotation_deg!r}, {max_scale!r}")
         self.seed = int(seed)
         self._next_seed: int | None = None
         self.with_labels = bool(with_labels)
@@ -177,15 +279,29 @@ class ImageReportDataset(Dataset):
 
     def shift_of(self, index: int, seed: int | None = None) -> tuple[int, ...]:
         """The translation of item ``index``: from ``seed`` if given, else from ``(self.seed, index)``."""
-        if self.max_shift == 0:
-            return (0,) * len(self.image_size)
+        return self.move_of(index, seed).shift
+
+    def move_of(self, index: int, seed: int | None = None) -> Move:
+        """The move of item ``index``: from ``seed`` if given, else from ``(self.seed, index)``.
+
+        The shift is drawn first, so a dataset without rotation and zoom moves its items exactly as
+        one made before those options existed.
+        """
+        dims = len(self.image_size)
+        if self.max_shift == 0 and self.max_rotation_deg == 0 and self.max_scale == 0:
+            return Move((0,) * dims)
         rng = np.random.default_rng(seed if seed is not None else (self.seed, int(index)))
-        return tuple(int(s) for s in rng.integers(-self.max_shift, self.max_shift + 1, size=len(self.image_size)))
+        shift = (0,) * dims
+        if self.max_shift:
+            shift = tuple(int(s) for s in rng.integers(-self.max_shift, self.max_shift + 1, size=dims))
+        rotation = float(rng.uniform(-self.max_rotation_deg, self.max_rotation_deg)) if self.max_rotation_deg else 0.0
+        scale = float(rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale)) if self.max_scale else 1.0
+        return Move(shift, rotation, scale)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        shift = self.shift_of(index, self._next_seed)
+        move = self.move_of(index, self._next_seed)
         self._next_seed = None
-        image = shift_with_padding(self.images[index], shift, fill=0.0)
+        image = move_image(self.images[index], move, fill=0.0)
         item = {
             "image": torch.from_numpy(image[None]),
             "report": self.reports[index],
@@ -193,8 +309,20 @@ class ImageReportDataset(Dataset):
             "case_id": self.case_ids[index],
         }
         if self.with_labels:
-            item["label"] = torch.from_numpy(shift_with_padding(self.labels[index], shift, fill=0))
+            item["label"] = torch.from_numpy(move_image(self.labels[index], move, fill=0, order=0))
         return item
+
+
+def training_masks(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int]) -> list[np.ndarray]:
+    """Masks of the training cases, for the fixed-position baseline only (never for training)."""
+    masks = []
+    for case in cases:
+        if not case.get("label"):
+            return []
+        reference = load_image(case["image"])
+        mask = load_label(case["label"], label_map, reference=reference).array
+        masks.append(center_crop_or_pad(mask.astype(np.int64), size, fill=0))
+    return masks
 
 
 def prepare_pretraining_data(
@@ -210,6 +338,7 @@ def prepare_pretraining_data(
     phantom_shape: Sequence[int] = (),
     phantom_spacing: Sequence[float] = (),
     phantom_scan_range_prob: float = 0.0,
+    phantom_preset: str = "default",
 ) -> tuple[CaseList, dict[str, list[dict[str, Any]]]]:
     """Find (or generate) the image-report pairs and split them by patient.
 
@@ -225,6 +354,8 @@ def prepare_pretraining_data(
             cohort (empty shape/spacing: the generator's defaults).
         phantom_scan_range_prob: (3D) share of limited-range scans
             (:attr:`~mosmoskit.data.phantom.PhantomConfig.scan_range_prob`).
+        phantom_preset: ``"default"`` or ``"pretraining"`` (the generator settings, see
+            :attr:`~mosmoskit.pretraining.config.PretrainConfig.phantom_preset`).
         progress: show a progress bar while generating phantoms.
 
     Returns:
@@ -234,12 +365,13 @@ def prepare_pretraining_data(
     if dataset == "phantom":
         from mosmoskit.data.phantom import PhantomConfig, ensure_cohort
 
+        base = PhantomConfig.pretraining() if phantom_preset == "pretraining" else PhantomConfig()
         # A cohort left in the folder by a run with other phantom settings is regenerated, not reused.
         source: str | Path = ensure_cohort(
             Path(output_dir) / "data", n=phantom_cases, seed=seed, shape=tuple(phantom_shape) or None,
             spacing=tuple(phantom_spacing) or None, spatial_dims=spatial_dims,
             slices_per_case=phantom_slices_per_case, progress=progress,
-            config=PhantomConfig(scan_range_prob=phantom_scan_range_prob),
+            config=dataclasses.replace(base, scan_range_prob=phantom_scan_range_prob),
         )
     else:
         source = Path(dataset).expanduser()

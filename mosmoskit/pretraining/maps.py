@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosmoskit.pretraining.data import window_intensity
+
 __all__ = ["MAP_FITS", "map_geometry", "map_memory_bytes", "whole_image_maps"]
 
 #: How a whole image is brought to the pre-training ``image_size`` (see the module docstring).
@@ -190,7 +192,6 @@ def whole_image_maps(
         >>> model, config, label_map = load_pretrained("runs/pretrain/last.pt")     # doctest: +SKIP
         >>> maps, probs = whole_image_maps(model, load_image("ct.nii.gz").array, config)  # doctest: +SKIP
     """
-    from mosmoskit.pretraining.data import window_intensity
 
     if normalize not in _NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {list(_NORMALIZATIONS)}, got {normalize!r}")

@@ -112,17 +112,20 @@ class MosmosPretrainModel(nn.Module):
 
         Args:
             image: (B, C, H, W) or (B, C, H, W, D).
-            reports: B report texts, or None.
+            reports: report texts of the first B' <= B images, or None. Images after the B'-th
+                have no report of their own (e.g. the mosaics of the tag loss): they still get
+                tags, maps and image embeddings, but no text embedding. One forward pass for both
+                keeps BatchNorm's statistics those of the whole batch.
 
         Returns:
-            :class:`PretrainOutput`.
+            :class:`PretrainOutput` (``text_emb`` (B', E)).
         """
         enc = self.image_encoder(image)
         tags = self.tag_head(enc.features, enc.grid)
         image_emb = F.normalize(self.image_proj(enc.pooled), dim=-1)
         text_emb = None
         if reports is not None:
-            if len(reports) != image.shape[0]:
+            if not 0 < len(reports) <= image.shape[0]:
                 raise ValueError(f"{len(reports)} reports for {image.shape[0]} images")
             text_emb = F.normalize(self.text_proj(self.embed_reports(reports)), dim=-1)
         return PretrainOutput(image_emb=image_emb, text_emb=text_emb, tags=tags, encoder=enc)
@@ -154,7 +157,8 @@ def build_image_encoder(config: PretrainConfig) -> ImageEncoder:
     width = config.encoder_width or DEFAULT_WIDTH[config.image_encoder]
     if config.image_encoder == "unet2d":
         w = width
-        return create_model("unet2d", features=(w, w, 2 * w, 4 * w, 8 * w, w), feature_level=config.feature_level)
+        return create_model("unet2d", features=(w, w, 2 * w, 4 * w, 8 * w, w), feature_level=config.feature_level,
+                            feature_path=config.feature_path)
     if config.image_encoder == "vit3d":
         return create_model(
             "vit3d", img_size=tuple(config.image_size), hidden_size=width, mlp_dim=2 * width,
@@ -194,5 +198,7 @@ def build_pretrain_model(
         num_heads=config.tag_head_heads,
         query_init=query_init,
         readout=config.tag_readout,
+        pos_encoding=config.tag_pos_encoding,
+        pool_fraction=config.tag_pool_fraction,
     )
     return MosmosPretrainModel(image_encoder, tag_head, text_encoder, embed_dim=config.embed_dim, text_dim=text_dim)

@@ -311,3 +311,49 @@ def attention_examples(
         "case_ids": [str(c.get("case_id", i)) for i, c in enumerate(chosen)],
         "probabilities": probabilities,
     }
+
+
+#: the map-check rows: (metric, what the prior scores beside it, the row's title)
+_MAP_CHECK_ROWS = (
+    ("pointing", "pointing_prior", "pointing game"),
+    ("dice_argmax", "dice_prior", "zero-label Dice (argmax)"),
+    ("dice_half_peak", "dice_prior", "zero-label Dice (half peak)"),
+)
+
+
+def format_map_check(metrics: Mapping[str, Any], digits: int = 2) -> str:
+    """The standing map check (``maps/...`` of ``metrics.json``) as one table per test.
+
+    Every map number stands beside the fixed-position prior's on the same moved, held-out images,
+    and the erasure test beside its control: the logit drop when the organ is erased, and when an
+    equal blob elsewhere in the body is.
+
+    Args:
+        metrics: the flat metrics dict of a pre-training run.
+        digits: decimals.
+
+    Returns:
+        A table per test with a row per organ and the mean; an empty string when the run has no map
+        check (its held-out pairs had no masks).
+    """
+    keys = [k for k in metrics if k.startswith("maps/pointing/")]
+    if not keys:
+        return ""
+    organs = [k.split("/", 2)[2] for k in keys]
+    tables = []
+    for metric, prior, title in _MAP_CHECK_ROWS:
+        if f"maps/{metric}/mean" not in metrics:
+            continue
+        rows = []
+        for organ in organs:
+            ours, theirs = _number(metrics.get(f"maps/{metric}/{organ}")), _number(metrics.get(f"maps/{prior}/{organ}"))
+            rows.append([organ.replace("_", " "), ours, theirs, ours - theirs])
+        tables.append(format_table(rows, ["organ", "maps", "prior", "maps - prior"], digits=digits, title=title))
+    if "maps/erase_drop/mean" in metrics:
+        rows = [[organ.replace("_", " "), _number(metrics.get(f"maps/erase_drop/{organ}")),
+                 _number(metrics.get(f"maps/blob_drop/{organ}"))] for organ in organs]
+        tables.append(format_table(rows, ["organ", "organ erased", "blob elsewhere"], digits=digits,
+                                   title="erasure: tag-logit drop"))
+    n = metrics.get("maps/n_images")
+    head = f"held-out images moved by shifts, rotations and zooms: {int(n)}" if n is not None else ""
+    return "\n\n".join([head, *tables]).strip()

@@ -20,17 +20,18 @@ from torch.utils.data import DataLoader
 
 from mosmoskit import distributed
 from mosmoskit.config import config_from_dict, config_to_dict
-from mosmoskit.data.readers import load_image, load_label
+from mosmoskit.data.readers import load_image
 from mosmoskit.io import atomic_write_text
 from mosmoskit.labels import LabelMap, load_label_map
 from mosmoskit.pretraining.config import PretrainConfig
 from mosmoskit.pretraining.data import (
     ImageReportDataset,
-    center_crop_or_pad,
     prepare_pretraining_data,
-    window_intensity,
+    training_masks,
 )
 from mosmoskit.pretraining.evaluate import fixed_position_baseline
+from mosmoskit.pretraining.map_check import map_check
+from mosmoskit.pretraining.maps import whole_image_maps
 from mosmoskit.pretraining.model import MosmosPretrainModel, build_pretrain_model
 from mosmoskit.pretraining.task import PretrainTask
 
@@ -39,6 +40,7 @@ __all__ = [
     "attention_maps_from_checkpoint",
     "held_out_pairs",
     "load_pretrained",
+    "map_check_of_run",
     "pointing_at_tolerances",
     "run_pretraining",
 ]
@@ -115,7 +117,7 @@ def held_out_pairs(
                                 progress=progress)
     baseline = None
     if has_labels:
-        masks = _training_labels(split["train"], label_map, config.image_size)
+        masks = training_masks(split["train"], label_map, config.image_size)
         baseline = fixed_position_baseline(masks, label_map) if masks else None
     return val_ds, baseline
 
@@ -175,18 +177,6 @@ def pointing_at_tolerances(
              "baseline": mean_finite(tallies[(t, "baseline")].rates()), "n_pairs": len(val_ds)} for t in tolerances]
 
 
-def _training_labels(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int]) -> list[np.ndarray]:
-    """Masks of the training cases, for the fixed-position baseline only (never for training)."""
-    masks = []
-    for case in cases:
-        if not case.get("label"):
-            return []
-        reference = load_image(case["image"])
-        mask = load_label(case["label"], label_map, reference=reference).array
-        masks.append(center_crop_or_pad(mask.astype(np.int64), size, fill=0))
-    return masks
-
-
 def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progress: bool = True) -> PretrainResult:
     """Pre-train, evaluate on held-out pairs, and save everything into ``config.output_dir``.
 
@@ -222,7 +212,8 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
         atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
     label_map.save(out / "label_map.json")
     common = dict(label_map=label_map, image_size=config.image_size, window=config.window, progress=progress)
-    train_ds = ImageReportDataset(split["train"], max_shift=config.max_shift, seed=config.seed, **common)
+    train_ds = ImageReportDataset(split["train"], max_shift=config.max_shift, seed=config.seed,
+                                  max_rotation_deg=config.max_rotation_deg, max_scale=config.max_scale, **common)
     val_ds, baseline = held_out_pairs(config, split, label_map, progress=progress)
     val_loader = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, collate_fn=_collate)
 
@@ -265,6 +256,8 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
     metrics: dict[str, Any] = {}
     if main:  # rank 0 evaluates and writes; the other processes return the training outcome only
         metrics = dict(task.validate(val_loader))
+        # The standing map check: maps against the fixed-position prior on moved held-out images.
+        metrics.update(map_check(model, config, split, label_map, device=device))
         metrics.update({"train/steps": int(fit.step), "train/seconds": round(seconds, 1),
                         "data/train_pairs": len(train_ds), "data/val_pairs": len(val_ds)})
         atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
@@ -310,8 +303,10 @@ def attention_maps_from_checkpoint(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Pixel-tag attention maps of an image at the image's own resolution.
 
-    A 2D model applied to a volume runs on each axial slice. Each input (slice or volume) is
-    resized to the model's ``image_size`` and its maps resized back, so any grid works.
+    A thin wrapper of :func:`~mosmoskit.pretraining.maps.whole_image_maps` (the one maker of maps,
+    which fine-tuning and ``predict`` use too) for a checkpoint and a file. A 2D model applied to a
+    volume runs on each axial slice; each input (slice or volume) is resized to the model's
+    ``image_size`` and its maps resized back, so any grid works.
 
     Args:
         checkpoint: a pre-training checkpoint path, or what :func:`load_pretrained` returned.
@@ -323,33 +318,21 @@ def attention_maps_from_checkpoint(
         maps (K, *image shape) with peak 1 per map (before probability scaling), and organ name ->
         tag probability (mean over slices for a 2D model on a volume).
     """
-    import torch.nn.functional as F
-
     model, config, label_map = load_pretrained(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
-    model = model.to(device).eval()
     array = load_image(image).array if not isinstance(image, np.ndarray) else np.asarray(image, dtype=np.float32)
-    windowed = window_intensity(array, config.window)
-    dims = config.spatial_dims
-    if array.ndim == dims:
-        inputs = torch.from_numpy(windowed)[None, None]
-    elif dims == 2 and array.ndim == 3:
-        inputs = torch.from_numpy(np.moveaxis(windowed, 2, 0))[:, None]  # slices as a batch
-    else:
-        raise ValueError(f"a {dims}D model cannot take a {array.ndim}D image of shape {array.shape}")
-    mode = "bilinear" if dims == 2 else "trilinear"
-    native = inputs.shape[2:]
-    maps_all, probs_all = [], []
-    for start in range(0, len(inputs), 16):
-        chunk = inputs[start : start + 16].to(device)
-        resized = F.interpolate(chunk, size=tuple(config.image_size), mode=mode, align_corners=False)
-        maps, logits = model.attention_maps(resized, normalize="max", scale_by_probability=scale_by_probability)
-        maps = F.interpolate(maps, size=tuple(native), mode=mode, align_corners=False)
-        maps_all.append(maps.cpu())
-        probs_all.append(torch.sigmoid(logits).cpu())
-    maps = torch.cat(maps_all)
-    if dims == 2 and array.ndim == 3:
-        maps = maps.permute(1, 2, 3, 0)  # (K, X, Y, Z)
-    else:
-        maps = maps[0]
-    probs = torch.cat(probs_all).mean(dim=0)
+    if array.ndim not in (config.spatial_dims, 3):
+        raise ValueError(f"a {config.spatial_dims}D model cannot take a {array.ndim}D image of shape {array.shape}")
+    maps, probs = whole_image_maps(model.to(device), array, config, normalize="max",
+                                   scale_by_probability=scale_by_probability, fit="resize", device=device)
+    if probs.ndim == 2:  # one row per slice of a 2D model on a volume
+        probs = probs.mean(dim=1)
     return maps.numpy(), {n: float(p) for n, p in zip(label_map.foreground_names, probs)}
+
+
+def map_check_of_run(run_dir: str | Path, device: str = "cpu", erasure: bool = True) -> dict[str, float]:
+    """:func:`~mosmoskit.pretraining.map_check.map_check` of a finished run folder (``last.pt``, its cohort)."""
+    run_dir = Path(run_dir)
+    model, config, label_map = load_pretrained(run_dir / "last.pt")
+    _, split = prepare_pretraining_data(config.dataset, run_dir, label_map, config.spatial_dims, config.val_fraction,
+                                        config.seed, progress=False, **config.phantom_settings())
+    return map_check(model.to(device), config, split, label_map, device=device, erasure=erasure)

@@ -1,19 +1,23 @@
 """The pre-training task: the MOSMOS model paired with its two objectives.
 
 ``step(batch)`` returns the weighted loss terms by name; the generic training loop sums and logs
-them without knowing what they are (``contrastive`` = objective A, ``tags`` = objective B).
+them without knowing what they are (``contrastive`` = objective A, ``tags`` = objective B, and
+with the competition readout ``background`` and ``affinity``: the intensity constraints on the tag
+head's pixels).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
 import torch
 
 from mosmoskit.labels import LabelMap
-from mosmoskit.losses import ContrastiveLoss, TagLoss
+from mosmoskit.losses import ContrastiveLoss, TagLoss, intensity_affinity_loss, intensity_background_loss
 from mosmoskit.pretraining.config import PretrainConfig
+from mosmoskit.pretraining.data import tag_mosaics
 from mosmoskit.pretraining.evaluate import evaluate_pretraining
 from mosmoskit.pretraining.model import MosmosPretrainModel
 
@@ -59,12 +63,32 @@ class PretrainTask:
         """Weighted loss terms of one batch: ``contrastive`` and/or ``tags``."""
         cfg = self.config
         reports = list(batch["report"]) if cfg.contrastive_weight > 0 else None
-        out = self.model(batch["image"], reports)
+        images, targets = batch["image"], batch["tags"]
+        n_pairs = len(images)
+        if cfg.mosaic_per_batch and n_pairs >= 4:
+            # Seeded from the batch itself, so a resumed run draws the same mosaics. They join the
+            # batch's forward pass (BatchNorm then normalises one batch, as in evaluation).
+            seed = zlib.crc32("|".join(map(str, batch["case_id"])).encode())
+            mosaics, mosaic_tags = tag_mosaics(images, targets, cfg.mosaic_per_batch,
+                                               torch.Generator().manual_seed(seed))
+            images = torch.cat([images, mosaics])
+            targets = torch.cat([targets, mosaic_tags.to(targets.device)])
+        out = self.model(images, reports)
         terms: dict[str, torch.Tensor] = {}
         if cfg.contrastive_weight > 0:
-            terms["contrastive"] = cfg.contrastive_weight * self.model.contrastive_loss(out.image_emb, out.text_emb)["contrastive"]
+            terms["contrastive"] = cfg.contrastive_weight * self.model.contrastive_loss(
+                out.image_emb[:n_pairs], out.text_emb)["contrastive"]
+        logits = out.tags.logits
         if cfg.tag_loss_weight > 0:
-            terms["tags"] = cfg.tag_loss_weight * self.tag_loss(out.tags.logits, batch["tags"])["tags"]
+            terms["tags"] = cfg.tag_loss_weight * self.tag_loss(logits, targets)["tags"]
+        grid = tuple(out.tags.maps.shape[2:])
+        if cfg.organ_hu and cfg.organ_hu_weight > 0:
+            background = intensity_background_loss(out.tags.pixel_logits, images, grid, cfg.window, cfg.organ_hu)
+            terms["background"] = cfg.organ_hu_weight * background["background"]
+        if cfg.affinity_weight > 0:
+            sigma = cfg.affinity_sigma_hu / (cfg.window[1] - cfg.window[0])
+            affinity = intensity_affinity_loss(out.tags.pixel_logits, images, grid, sigma)
+            terms["affinity"] = cfg.affinity_weight * affinity["affinity"]
         return terms
 
     def extra_logs(self) -> dict[str, float]:

@@ -1,0 +1,93 @@
+"""The standing map check of a pre-training run: its maps against the fixed-position prior.
+
+Run at the end of every pre-training whose held-out pairs have masks (phantoms, labelled data) and
+written into ``metrics.json`` under ``maps/...``;
+:func:`mosmoskit.pretraining.run.map_check_of_run` re-scores a finished run folder. See :mod:`mosmoskit.evaluation.map_quality` for the three tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mosmoskit.evaluation.map_quality import HELD_OUT_MOVES, evaluate_maps, prior_maps
+from mosmoskit.labels import LabelMap
+from mosmoskit.pretraining.config import PretrainConfig
+from mosmoskit.pretraining.data import ImageReportDataset, training_masks
+from mosmoskit.pretraining.evaluate import large_organs
+
+__all__ = ["map_check", "map_check_examples"]
+
+#: seed of the held-out moves, fixed so that every run is judged on the same moved images
+_MOVE_SEED = 20260
+
+
+def map_check(
+    model: torch.nn.Module,
+    config: PretrainConfig,
+    split: dict[str, list[dict[str, Any]]],
+    label_map: LabelMap,
+    device: torch.device | str = "cpu",
+    erasure: bool = True,
+) -> dict[str, float]:
+    """Map metrics of ``model`` on the held-out patients of ``split``, moved by :data:`HELD_OUT_MOVES`.
+
+    Returns:
+        ``maps/<metric>/<organ>`` and ``maps/<metric>/mean`` for the large organs (see
+        :func:`~mosmoskit.evaluation.map_quality.evaluate_maps`); empty when the held-out cases
+        have no masks.
+    """
+    if not split["val"] or not all(c.get("label") for c in split["val"]):
+        return {}
+    masks = training_masks(split["train"], label_map, config.image_size)
+    if not masks:
+        return {}
+    tag_ids = [label_map.id_of(n) for n in label_map.foreground_names]
+    prior = prior_maps(masks, tag_ids)
+    moved = ImageReportDataset(split["val"], label_map, config.image_size, window=config.window, seed=_MOVE_SEED,
+                               with_labels=True, **HELD_OUT_MOVES)
+    metrics = evaluate_maps(model, moved, label_map, prior, large_organs(label_map), config.window, device=device,
+                            erasure=erasure)
+    return {f"maps/{key}": value for key, value in metrics.items()}
+
+
+@torch.no_grad()
+def map_check_examples(
+    model: torch.nn.Module,
+    config: PretrainConfig,
+    split: dict[str, list[dict[str, Any]]],
+    label_map: LabelMap,
+    n: int = 2,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The first ``n`` moved held-out images of :func:`map_check` with everything needed to draw them.
+
+    Returns:
+        Keyword arguments of :func:`mosmoskit.viz.map_check.plot_map_vs_prior`: ``images``,
+        ``labels``, ``maps``, ``prior``, ``names``, ``organs`` (the large organs), ``label_ids``,
+        ``probabilities``.
+
+    Raises:
+        ValueError: the held-out or training cases have no masks.
+    """
+    if not split["val"] or not all(c.get("label") for c in split["val"]):
+        raise ValueError("the held-out cases have no masks: there is nothing to draw the maps against")
+    masks = training_masks(split["train"], label_map, config.image_size)
+    if not masks:
+        raise ValueError("the training cases have no masks: the fixed-position prior needs them")
+    names = list(label_map.foreground_names)
+    tag_ids = [label_map.id_of(name) for name in names]
+    moved = ImageReportDataset(split["val"][: max(1, int(n))], label_map, config.image_size, window=config.window,
+                               seed=_MOVE_SEED, with_labels=True, **HELD_OUT_MOVES)
+    items = [moved[i] for i in range(len(moved))]
+    images = torch.stack([item["image"] for item in items]).to(device)
+    model = model.to(device).eval()
+    maps, logits = model.attention_maps(images, normalize="none")
+    return {
+        "images": images[:, 0].cpu().numpy(), "labels": np.stack([item["label"].numpy() for item in items]),
+        "maps": maps.float().cpu().numpy(), "prior": prior_maps(masks, tag_ids), "names": names,
+        "organs": list(large_organs(label_map)), "label_ids": tag_ids,
+        "probabilities": torch.sigmoid(logits).float().cpu().numpy(),
+    }
