@@ -970,6 +970,12 @@ def build_segmenter(
     parts: list[LoadedPart] = []
     load = state is not None
     shares = fusion == "decoder" and init_encoder and share_encoder
+    if shares and getattr(encoder, "feature_path", "encoder") != "encoder":
+        raise ValueError(
+            "share_encoder=True lets the tag head read an encoder level of the segmenter, but this pre-trained "
+            f"tag head reads the pre-training network's decoder (feature_path={encoder.feature_path!r}), which the "
+            "segmenter does not have; leave share_encoder=False (the maps then come from a frozen copy)"
+        )
     trainable_maps = bool(tune_tag_head)
     if load and encoder is not None:
         staged = _load_part(encoder, state, "image_encoder.", "pre-trained image encoder")
