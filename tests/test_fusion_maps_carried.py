@@ -42,7 +42,9 @@ from mosmoskit.pretraining.model import build_pretrain_model
 BTCV = load_label_map("btcv")
 NAMES = list(BTCV.foreground_names)
 K = len(NAMES)
-PCONFIG = PretrainConfig(image_size=(64, 64), encoder_width=4, tag_head_dim=16, embed_dim=16, text_encoder="tiny")
+# encoder features: the shared-encoder variant (tested here too) reads a level of the segmenter
+PCONFIG = PretrainConfig(image_size=(64, 64), encoder_width=4, tag_head_dim=16, embed_dim=16, text_encoder="tiny",
+                         feature_path="encoder")
 ROI = (32, 32)
 
 

@@ -71,15 +71,17 @@ def test_competition_readout_rejects_a_bad_pool_fraction():
 
 def test_pretrain_config_checks_the_new_fields():
     with pytest.raises(ValueError, match="organ_hu"):
-        PretrainConfig(organ_hu=(-50.0, 250.0))  # needs the competition readout
-    with pytest.raises(ValueError, match="organ_hu"):
-        PretrainConfig(tag_readout="competition", organ_hu=(300.0, 250.0))
+        PretrainConfig(organ_hu=(300.0, 250.0))
+    with pytest.raises(ValueError, match="inside the window"):
+        PretrainConfig(organ_hu=(-50.0, 400.0))  # the window clips at 250 HU
     with pytest.raises(ValueError, match="feature_level"):
         PretrainConfig(feature_path="decoder", feature_level=4)
     with pytest.raises(ValueError, match="max_scale"):
         PretrainConfig(max_scale=1.5)
-    with pytest.raises(ValueError, match="mosaic"):
-        PretrainConfig(spatial_dims=3, image_encoder="vit3d", image_size=(32, 32, 16), mosaic_per_batch=2)
+    with pytest.raises(ValueError, match="phantom_preset"):
+        PretrainConfig(phantom_preset="enriched")
+    # the 2D-only parts of the default recipe do not stop a 3D run: the ViT has one token grid
+    PretrainConfig(spatial_dims=3, image_encoder="vit3d", image_size=(32, 32, 16))
 
 
 # ------------------------------------------------------------------------------ decoder features

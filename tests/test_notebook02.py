@@ -105,8 +105,10 @@ def test_notebook_executes_with_tiny_parameters(tmp_path):
     outputs = [o for c in nbformat.read(str(executed), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "Held-out retrieval" in text and "Pointing game" in text and str(run_dir / "metrics.json") in text
+    assert "pointing game" in text and "maps - prior" in text  # the map check against the fixed prior
+    assert "maps/pointing_prior/liver" in metrics
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) == 2, "expected the loss curve (drawn once, at the end) and the attention grid"
+    assert len(pngs) == 3, "expected the loss curve (drawn once, at the end), the maps beside the prior, the attention grid"
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -44,7 +44,7 @@ TEXT_DIM = 8
 
 CONFIGS = {
     2: PretrainConfig(label_map="tiny3", spatial_dims=2, image_encoder="unet2d", image_size=(32, 32),
-                      encoder_width=4, tag_head_dim=16, embed_dim=16),
+                      encoder_width=4, tag_head_dim=16, embed_dim=16, feature_path="encoder"),
     3: PretrainConfig(label_map="tiny3", spatial_dims=3, image_encoder="vit3d", image_size=(32, 32, 16),
                       encoder_width=48, tag_head_dim=16, embed_dim=16),
 }

@@ -12,9 +12,15 @@ from typing import Any
 
 from mosmoskit.config import check_choice, check_phantom_grid, check_positive
 
-__all__ = ["PretrainConfig"]
+__all__ = ["MAP_RECIPE", "PretrainConfig"]
 
 ENCODER_DIMS = {"unet2d": 2, "vit3d": 3}
+#: the options of the map recipe measured in docs/maps.md (pass as ``PretrainConfig(**MAP_RECIPE)``)
+MAP_RECIPE: dict[str, Any] = {
+    "phantom_preset": "pretraining", "tag_readout": "competition", "tag_pos_encoding": "sincos",
+    "feature_path": "decoder", "feature_level": 2, "organ_hu": (-50.0, 250.0), "affinity_weight": 1.0,
+    "max_shift": 15, "max_rotation_deg": 12.0, "max_scale": 0.1, "mosaic_per_batch": 4, "max_steps": 2000,
+}
 #: the phantom generator settings a pre-training cohort can be drawn with (``phantom_preset``)
 PHANTOM_PRESETS = ("default", "pretraining")
 
@@ -51,6 +57,10 @@ class PretrainConfig:
             max_scale) during training, for the same reason; 0 switches each off.
         window: HU window mapped to [0, 1].
 
+    The map recipe of ``docs/maps.md`` (the best maps measured: competition readout, decoder
+    features, intensity constraints, moves and mosaics on the enriched preset) is a set of options
+    here, not yet the defaults: see :data:`MAP_RECIPE`.
+
     Model:
         spatial_dims: 2 (U-Net encoder on axial slices) or 3 (UNETR's ViT on volumes).
         image_encoder: a registered image encoder (``"unet2d"``, ``"vit3d"``).
@@ -71,18 +81,19 @@ class PretrainConfig:
         tag_pool_fraction: (competition) share of the pixels each tag's probability is pooled from.
         tag_pos_encoding: ``"sincos"`` (absolute position added to the tag head's keys) or
             ``"none"`` (the maps follow image content only; a CNN still knows position near borders).
-        feature_path: (2D) ``"encoder"``: the tag head reads U-Net encoder level ``feature_level``;
-            ``"decoder"``: it reads BasicUNet's decoder at that level (deep context, fine grid).
+        feature_path: (2D U-Net; the 3D ViT ignores it) ``"encoder"``: the tag head reads U-Net
+            encoder level ``feature_level``; ``"decoder"``: it reads BasicUNet's decoder at that level
+            (deep context, fine grid).
         feature_level: U-Net level the tag head reads (1 = stride 2, 2 = stride 4, 3 = stride 8; 2D only).
-        organ_hu: (competition) (low, high) HU range organ pixels lie in; pixels outside it (air,
+        organ_hu: (competition readout; others ignore it) (low, high) HU range, inside ``window``, organ pixels lie in; pixels outside it (air,
             fat, lung, dense bone: read from the intensities, no label) are taught to be background
             with weight ``organ_hu_weight``. Empty switches it off.
         organ_hu_weight: weight of that term (``background`` in the logs).
-        affinity_weight: (competition, 2D) weight of the intensity-affinity term (``affinity`` in the
+        affinity_weight: (competition readout, 2D; ignored otherwise) weight of the intensity-affinity term (``affinity`` in the
             logs): neighbouring pixels of similar intensity share a class, so a tag's pixels spread
             over its organ's homogeneous extent and stop at the fat around it. 0 switches it off.
         affinity_sigma_hu: intensity scale of that affinity in HU.
-        mosaic_per_batch: 2x2 mosaics of four images of the batch (each shrunk by half, from
+        mosaic_per_batch: (2D; ignored in 3D) 2x2 mosaics of four images of the batch (each shrunk by half, from
             different patients) added to every batch for the tag loss only; a mosaic's tag is 1 if
             any tile's is, 0 if every tile's is, else unmentioned. Breaks the "where in the image"
             shortcut: an organ can then be anywhere.
@@ -186,22 +197,16 @@ class PretrainConfig:
         check_choice("tag_pos_encoding", self.tag_pos_encoding, ("sincos", "none"))
         check_choice("feature_path", self.feature_path, ("encoder", "decoder"))
         check_choice("feature_level", self.feature_level, (0, 1, 2, 3) if self.feature_path == "decoder" else (0, 1, 2, 3, 4))
-        if self.feature_path == "decoder" and self.image_encoder != "unet2d":
-            raise ValueError(f"feature_path='decoder' needs the U-Net encoder, not {self.image_encoder!r}")
         if not 0.0 < float(self.tag_pool_fraction) <= 1.0:
             raise ValueError(f"tag_pool_fraction must be in (0, 1], got {self.tag_pool_fraction!r}")
         if self.organ_hu and (len(self.organ_hu) != 2 or self.organ_hu[0] >= self.organ_hu[1]):
             raise ValueError(f"organ_hu must be empty or (low, high) with low < high, got {self.organ_hu!r}")
-        if self.organ_hu and self.tag_readout != "competition":
-            raise ValueError("organ_hu teaches the competition readout's background class; set "
-                             f"tag_readout='competition' (got {self.tag_readout!r}) or leave organ_hu empty")
-        if self.affinity_weight and (self.tag_readout != "competition" or self.spatial_dims != 2):
-            raise ValueError("affinity_weight acts on the competition readout's pixels of 2D images; set "
-                             "tag_readout='competition' with spatial_dims=2, or affinity_weight=0")
+        if self.organ_hu and len(self.organ_hu) == 2 and not self.window[0] <= self.organ_hu[0] < self.organ_hu[1] <= self.window[1]:
+            raise ValueError(f"organ_hu {tuple(self.organ_hu)} must lie inside the window {tuple(self.window)}: outside "
+                             "it the windowed image cannot tell the intensities apart")
         if not 0.0 <= float(self.max_scale) < 1.0:
             raise ValueError(f"max_scale must be in [0, 1), got {self.max_scale!r}")
-        if self.mosaic_per_batch and self.spatial_dims != 2:
-            raise ValueError("mosaic_per_batch applies to 2D slices only")
+
         check_choice("unmentioned", self.unmentioned, ("mask", "negative"))
         for name in ("contrastive_weight", "tag_loss_weight", "weight_decay"):
             check_positive(name, getattr(self, name), allow_zero=True)

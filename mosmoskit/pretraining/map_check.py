@@ -67,7 +67,8 @@ def map_check_examples(
     Returns:
         Keyword arguments of :func:`mosmoskit.viz.map_check.plot_map_vs_prior`: ``images``,
         ``labels``, ``maps``, ``prior``, ``names``, ``organs`` (the large organs), ``label_ids``,
-        ``probabilities``.
+        ``probabilities``. Volumes are cut on one axial plane (the first image's with the most
+        labelled voxels).
 
     Raises:
         ValueError: the held-out or training cases have no masks.
@@ -85,9 +86,14 @@ def map_check_examples(
     images = torch.stack([item["image"] for item in items]).to(device)
     model = model.to(device).eval()
     maps, logits = model.attention_maps(images, normalize="none")
+    images_np, labels = images[:, 0].cpu().numpy(), np.stack([item["label"].numpy() for item in items])
+    maps_np, prior = maps.float().cpu().numpy(), prior_maps(masks, tag_ids)
+    if images_np.ndim == 4:
+        # Volumes are drawn on one axial plane: the first image's plane with the most labelled voxels.
+        z = int(np.argmax((labels[0] > 0).sum(axis=(0, 1))))
+        images_np, labels, maps_np, prior = images_np[..., z], labels[..., z], maps_np[..., z], prior[..., z]
     return {
-        "images": images[:, 0].cpu().numpy(), "labels": np.stack([item["label"].numpy() for item in items]),
-        "maps": maps.float().cpu().numpy(), "prior": prior_maps(masks, tag_ids), "names": names,
+        "images": images_np, "labels": labels, "maps": maps_np, "prior": prior, "names": names,
         "organs": list(large_organs(label_map)), "label_ids": tag_ids,
         "probabilities": torch.sigmoid(logits).float().cpu().numpy(),
     }

@@ -158,7 +158,7 @@ def build_image_encoder(config: PretrainConfig) -> ImageEncoder:
     if config.image_encoder == "unet2d":
         w = width
         return create_model("unet2d", features=(w, w, 2 * w, 4 * w, 8 * w, w), feature_level=config.feature_level,
-                            feature_path=config.feature_path)
+                            feature_path=config.feature_path)  # the ViT has one token grid: no feature path
     if config.image_encoder == "vit3d":
         return create_model(
             "vit3d", img_size=tuple(config.image_size), hidden_size=width, mlp_dim=2 * width,

@@ -65,7 +65,7 @@ class PretrainTask:
         reports = list(batch["report"]) if cfg.contrastive_weight > 0 else None
         images, targets = batch["image"], batch["tags"]
         n_pairs = len(images)
-        if cfg.mosaic_per_batch and n_pairs >= 4:
+        if cfg.mosaic_per_batch and n_pairs >= 4 and images.ndim == 4:  # 2D slices only
             # Seeded from the batch itself, so a resumed run draws the same mosaics. They join the
             # batch's forward pass (BatchNorm then normalises one batch, as in evaluation).
             seed = zlib.crc32("|".join(map(str, batch["case_id"])).encode())
@@ -82,10 +82,11 @@ class PretrainTask:
         if cfg.tag_loss_weight > 0:
             terms["tags"] = cfg.tag_loss_weight * self.tag_loss(logits, targets)["tags"]
         grid = tuple(out.tags.maps.shape[2:])
-        if cfg.organ_hu and cfg.organ_hu_weight > 0:
+        competition = out.tags.pixel_logits is not None
+        if competition and cfg.organ_hu and cfg.organ_hu_weight > 0:
             background = intensity_background_loss(out.tags.pixel_logits, images, grid, cfg.window, cfg.organ_hu)
             terms["background"] = cfg.organ_hu_weight * background["background"]
-        if cfg.affinity_weight > 0:
+        if competition and cfg.affinity_weight > 0 and images.ndim == 4:
             sigma = cfg.affinity_sigma_hu / (cfg.window[1] - cfg.window[0])
             affinity = intensity_affinity_loss(out.tags.pixel_logits, images, grid, sigma)
             terms["affinity"] = cfg.affinity_weight * affinity["affinity"]
