@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -308,6 +308,29 @@ class TagHead(nn.Module):
         if readout == "competition":
             # The background is a class of its own: most pixels of a CT slice belong to no organ.
             self.background_query = nn.Parameter(torch.randn(1, self.embed_dim) / math.sqrt(self.embed_dim))
+        # Tags a cohort never teaches (no negative report: "present" is always right, so nothing
+        # makes the map find the organ) are left out: their maps are zero, everywhere they are used.
+        self.register_buffer("learned", torch.ones(self.num_tags, dtype=torch.bool))
+
+    def leave_out(self, tags: Sequence[int] | torch.Tensor) -> None:
+        """Mark tags (indices into the K tags) as not learned: their maps become zero in every
+        output (fusion, ``predict``, the map check) and the pre-training loss skips them."""
+        index = torch.as_tensor(list(tags) if not isinstance(tags, torch.Tensor) else tags, dtype=torch.long)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_tags):
+            raise ValueError(f"tag indices must be in [0, {self.num_tags - 1}], got {index.tolist()}")
+        self.learned[index] = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        # Checkpoints written before tags could be left out have no ``learned``: every tag was learned.
+        state_dict.setdefault(prefix + "learned", torch.ones(self.num_tags, dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _without_left_out(self, out: TagHeadOutput) -> TagHeadOutput:
+        if bool(self.learned.all()):
+            return out
+        keep = self.learned.to(out.maps.dtype)
+        return replace(out, attention=out.attention * keep[None, :, None],
+                       maps=out.maps * keep.reshape(1, -1, *([1] * (out.maps.ndim - 2))))
 
     def tag_queries(self) -> torch.Tensor:
         """The K initial decoder queries, (K, E)."""
@@ -357,14 +380,14 @@ class TagHead(nn.Module):
         if self.pos_encoding == "sincos":
             keys = memory + sincos_position_encoding(grid, self.embed_dim, memory.device, memory.dtype)
         if self.readout == "competition":
-            return self._compete(keys, grid)
+            return self._without_left_out(self._compete(keys, grid))
         if self.readout == "evidence":
             query = self.evidence_query(self.tag_queries())  # (K, E)
             scores = torch.einsum("ke,bne->bkn", query, self.evidence_key(keys)) / math.sqrt(self.embed_dim)
             attention = scores.softmax(dim=-1)
             logits = torch.logsumexp(scores, dim=-1) - math.log(scores.shape[-1]) + self.evidence_bias
-            return TagHeadOutput(logits=logits, attention=attention,
-                                 maps=attention.reshape(batch, self.num_tags, *grid))
+            return self._without_left_out(TagHeadOutput(logits=logits, attention=attention,
+                                                        maps=attention.reshape(batch, self.num_tags, *grid)))
         queries = self.tag_queries().unsqueeze(0).expand(batch, -1, -1)
         attention = None
         for index, layer in enumerate(self.layers):
@@ -372,7 +395,8 @@ class TagHead(nn.Module):
             if index == self.map_layer:
                 attention = layer_attention
         logits = self.classifier(self.output_norm(queries))
-        return TagHeadOutput(logits=logits, attention=attention, maps=attention.reshape(batch, self.num_tags, *grid))
+        return self._without_left_out(
+            TagHeadOutput(logits=logits, attention=attention, maps=attention.reshape(batch, self.num_tags, *grid)))
 
 
 def _top_fraction_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:

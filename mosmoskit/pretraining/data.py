@@ -28,6 +28,7 @@ __all__ = [
     "center_crop_or_pad",
     "move_image",
     "tag_mosaics",
+    "tags_without_negatives",
     "training_masks",
     "patient_of",
     "prepare_pretraining_data",
@@ -313,6 +314,24 @@ class ImageReportDataset(Dataset):
         return item
 
 
+def tags_without_negatives(tags: np.ndarray, names: Sequence[str], unmentioned: str = "mask") -> list[str]:
+    """Tags no training report says are absent: a loss on them only teaches "always present".
+
+    Args:
+        tags: (N, K) parsed tags in {1, 0, -1} of the training pairs (``ImageReportDataset.tags``).
+        names: the K tag names.
+        unmentioned: the tag loss's rule; with ``"negative"`` an unmentioned tag counts as absent.
+
+    Returns:
+        The names of the tags with no negative, in vocabulary order.
+    """
+    tags = np.asarray(tags)
+    if tags.ndim != 2 or tags.shape[1] != len(names):
+        raise ValueError(f"tags must be (N, {len(names)}), got shape {tags.shape}")
+    negative = (tags == 0) | ((tags == -1) if unmentioned == "negative" else False)
+    return [name for name, count in zip(names, negative.sum(axis=0)) if count == 0]
+
+
 def training_masks(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int]) -> list[np.ndarray]:
     """Masks of the training cases, for the fixed-position baseline only (never for training)."""
     masks = []
@@ -338,7 +357,7 @@ def prepare_pretraining_data(
     phantom_shape: Sequence[int] = (),
     phantom_spacing: Sequence[float] = (),
     phantom_scan_range_prob: float = 0.0,
-    phantom_preset: str = "default",
+    phantom_preset: str = "pretraining",
 ) -> tuple[CaseList, dict[str, list[dict[str, Any]]]]:
     """Find (or generate) the image-report pairs and split them by patient.
 
@@ -354,7 +373,7 @@ def prepare_pretraining_data(
             cohort (empty shape/spacing: the generator's defaults).
         phantom_scan_range_prob: (3D) share of limited-range scans
             (:attr:`~mosmoskit.data.phantom.PhantomConfig.scan_range_prob`).
-        phantom_preset: ``"default"`` or ``"pretraining"`` (the generator settings, see
+        phantom_preset: ``"pretraining"`` (default, as ``PretrainConfig``) or ``"default"`` (the generator settings, see
             :attr:`~mosmoskit.pretraining.config.PretrainConfig.phantom_preset`).
         progress: show a progress bar while generating phantoms.
 

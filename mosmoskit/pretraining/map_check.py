@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mosmoskit.evaluation.map_quality import HELD_OUT_MOVES, evaluate_maps, prior_maps
+from mosmoskit.evaluation.map_quality import evaluate_maps, held_out_moves, prior_maps
 from mosmoskit.labels import LabelMap
 from mosmoskit.pretraining.config import PretrainConfig
 from mosmoskit.pretraining.data import ImageReportDataset, training_masks
 from mosmoskit.pretraining.evaluate import large_organs
 
-__all__ = ["map_check", "map_check_examples"]
+__all__ = ["learned_tags", "map_check", "map_check_examples"]
 
 #: seed of the held-out moves, fixed so that every run is judged on the same moved images
 _MOVE_SEED = 20260
@@ -32,7 +32,7 @@ def map_check(
     device: torch.device | str = "cpu",
     erasure: bool = True,
 ) -> dict[str, float]:
-    """Map metrics of ``model`` on the held-out patients of ``split``, moved by :data:`HELD_OUT_MOVES`.
+    """Map metrics of ``model`` on the held-out patients of ``split``, moved by :func:`~mosmoskit.evaluation.map_quality.held_out_moves`.
 
     Returns:
         ``maps/<metric>/<organ>`` and ``maps/<metric>/mean`` for the large organs (see
@@ -47,10 +47,17 @@ def map_check(
     tag_ids = [label_map.id_of(n) for n in label_map.foreground_names]
     prior = prior_maps(masks, tag_ids)
     moved = ImageReportDataset(split["val"], label_map, config.image_size, window=config.window, seed=_MOVE_SEED,
-                               with_labels=True, **HELD_OUT_MOVES)
-    metrics = evaluate_maps(model, moved, label_map, prior, large_organs(label_map), config.window, device=device,
-                            erasure=erasure)
+                               with_labels=True, **held_out_moves(config.image_size))
+    organs = [name for name in large_organs(label_map) if name in learned_tags(model, label_map)]
+    metrics = evaluate_maps(model, moved, label_map, prior, organs, config.window, device=device, erasure=erasure)
     return {f"maps/{key}": value for key, value in metrics.items()}
+
+
+def learned_tags(model: torch.nn.Module, label_map: LabelMap) -> list[str]:
+    """The tags ``model``'s tag head learned (all but those the run left out for lack of negatives)."""
+    learned = getattr(getattr(model, "tag_head", None), "learned", None)
+    names = list(label_map.foreground_names)
+    return names if learned is None else [n for n, keep in zip(names, learned.tolist()) if keep]
 
 
 @torch.no_grad()
@@ -81,7 +88,7 @@ def map_check_examples(
     names = list(label_map.foreground_names)
     tag_ids = [label_map.id_of(name) for name in names]
     moved = ImageReportDataset(split["val"][: max(1, int(n))], label_map, config.image_size, window=config.window,
-                               seed=_MOVE_SEED, with_labels=True, **HELD_OUT_MOVES)
+                               seed=_MOVE_SEED, with_labels=True, **held_out_moves(config.image_size))
     items = [moved[i] for i in range(len(moved))]
     images = torch.stack([item["image"] for item in items]).to(device)
     model = model.to(device).eval()
@@ -94,6 +101,6 @@ def map_check_examples(
         images_np, labels, maps_np, prior = images_np[..., z], labels[..., z], maps_np[..., z], prior[..., z]
     return {
         "images": images_np, "labels": labels, "maps": maps_np, "prior": prior, "names": names,
-        "organs": list(large_organs(label_map)), "label_ids": tag_ids,
+        "organs": [o for o in large_organs(label_map) if o in learned_tags(model, label_map)], "label_ids": tag_ids,
         "probabilities": torch.sigmoid(logits).float().cpu().numpy(),
     }

@@ -10,6 +10,7 @@ with checkpoints but no metrics (an interrupted run) is resumed.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +28,7 @@ from mosmoskit.pretraining.config import PretrainConfig
 from mosmoskit.pretraining.data import (
     ImageReportDataset,
     prepare_pretraining_data,
+    tags_without_negatives,
     training_masks,
 )
 from mosmoskit.pretraining.evaluate import fixed_position_baseline
@@ -219,6 +221,14 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
 
     device = resolve_device(config.device)
     model = build_pretrain_model(config, label_map).to(device)
+    names = list(label_map.foreground_names)
+    left_out = tags_without_negatives(train_ds.tags, names, config.unmentioned)
+    if left_out:
+        model.tag_head.leave_out([names.index(n) for n in left_out])
+        if main:
+            warnings.warn(f"no training report says these organs are absent, so their tags teach nothing and are left "
+                          f"out of the tag loss and of fusion (their maps are zero): {', '.join(left_out)}",
+                          stacklevel=2)
     task = PretrainTask(model, config, label_map, baseline_maps=baseline)
     trainer_config = TrainerConfig(
         max_steps=config.max_steps,
@@ -258,7 +268,8 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
         metrics = dict(task.validate(val_loader))
         # The standing map check: maps against the fixed-position prior on moved held-out images.
         metrics.update(map_check(model, config, split, label_map, device=device))
-        metrics.update({"train/steps": int(fit.step), "train/seconds": round(seconds, 1),
+        metrics.update({"tags/left_out": left_out, "tags/left_out_count": len(left_out),
+                        "train/steps": int(fit.step), "train/seconds": round(seconds, 1),
                         "data/train_pairs": len(train_ds), "data/val_pairs": len(val_ds)})
         atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
     return PretrainResult(
