@@ -72,8 +72,9 @@ def test_competition_readout_rejects_a_bad_pool_fraction():
 def test_pretrain_config_checks_the_new_fields():
     with pytest.raises(ValueError, match="organ_hu"):
         PretrainConfig(organ_hu=(300.0, 250.0))
-    with pytest.raises(ValueError, match="inside the window"):
-        PretrainConfig(organ_hu=(-50.0, 400.0))  # the window clips at 250 HU
+    with pytest.raises(ValueError, match="does not overlap the window"):
+        PretrainConfig(organ_hu=(300.0, 400.0))  # the window clips at 250 HU
+    PretrainConfig(window=(-100.0, 200.0))  # the default organ_hu reaches past this window: that side is unused
     with pytest.raises(ValueError, match="feature_level"):
         PretrainConfig(feature_path="decoder", feature_level=4)
     with pytest.raises(ValueError, match="max_scale"):
@@ -111,8 +112,11 @@ def test_background_pixels_are_read_from_the_intensity_window():
     assert mask[0].all() and mask[3].all() and not mask[1:3].any()
     coarse = background_pixels(image, (2, 2), window, organ_hu)
     assert coarse.tolist() == [[False, False, False, False]]  # each 2x2 cell is half background: not > 0.5
-    with pytest.raises(ValueError, match="inside the intensity window"):
-        background_pixels(image, (4, 4), window, (-50.0, 400.0))
+    # a range beyond the window's top: the clipped bone could be organ, so only the fat is background
+    beyond = background_pixels(image, (4, 4), window, (-50.0, 400.0)).reshape(4, 4)
+    assert beyond[0].all() and not beyond[1:].any()
+    with pytest.raises(ValueError, match="overlapping the intensity window"):
+        background_pixels(image, (4, 4), window, (300.0, 400.0))
 
 
 def test_intensity_background_loss_is_cross_entropy_on_background_pixels_only():
@@ -125,6 +129,60 @@ def test_intensity_background_loss_is_cross_entropy_on_background_pixels_only():
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match="pixel_logits"):
         intensity_background_loss(torch.randn(1, 4, 3), image, (2, 2), window, (-50.0, 250.0))
+
+
+def test_air_inside_the_body_may_belong_to_a_hollow_organ_but_fat_and_outside_air_may_not():
+    window = (-175.0, 250.0)
+    image = torch.full((1, 1, 3, 3), 0.7)
+    image[0, 0, 1, 1] = 0.0  # gas inside the body (tissue on every side)
+    image[0, 0, 0, 2] = 0.0  # air at the edge: around the patient
+    image[0, 0, 0, 0] = (-100.0 - window[0]) / (window[1] - window[0])  # fat
+    logits = torch.randn(1, 4, 9)
+    loss = intensity_background_loss(logits, image, (3, 3), window, (-50.0, 250.0), hollow=[2])["background"]
+    log_p = logits.log_softmax(dim=1)[0]
+    expected = -(torch.logsumexp(log_p[[0, 2], 4], dim=0) + log_p[0, 0] + log_p[0, 2]) / 3
+    torch.testing.assert_close(loss, expected)
+    plain = intensity_background_loss(logits, image, (3, 3), window, (-50.0, 250.0))["background"]
+    torch.testing.assert_close(plain, -(log_p[0, 4] + log_p[0, 0] + log_p[0, 2]) / 3)
+    with pytest.raises(ValueError, match="hollow organ classes"):
+        intensity_background_loss(logits, image, (3, 3), window, (-50.0, 250.0), hollow=[0])
+
+
+def test_equivariance_loss_is_zero_for_maps_that_move_with_the_image_and_not_for_fixed_ones():
+    from mosmoskit.losses.equivariance import equivariance_loss, move_by_theta, random_moves
+
+    theta = random_moves(2, (16, 16), max_shift=3, max_rotation_deg=10, max_scale=0.1,
+                         generator=torch.Generator().manual_seed(0))
+    assert theta.shape == (2, 2, 3) and not torch.allclose(theta[0], theta[1])
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    blob = torch.exp(-((xx - 0.2) ** 2 + (yy + 0.1) ** 2) / 0.1)
+    logits = torch.stack([torch.zeros_like(blob), 6 * blob - 3]).expand(2, 2, 16, 16)  # background, one organ
+    moved = move_by_theta(logits, theta)  # logits that follow the move exactly
+    follows = equivariance_loss(logits.flatten(2), moved.flatten(2), theta, (16, 16))["equivariance"]
+    stays = equivariance_loss(logits.flatten(2), logits.flatten(2), theta, (16, 16))["equivariance"]
+    assert float(follows) < 0.02 * float(stays) and float(stays) > 0.005
+    with pytest.raises(ValueError, match="equivariance_loss expects"):
+        equivariance_loss(logits.flatten(2), moved.flatten(2), theta, (8, 32 + 1))
+    with pytest.raises(ValueError, match="2D moves"):
+        random_moves(1, (8, 8, 8), 1, 1, 0.1)
+
+
+def test_pretraining_with_equivariance_logs_its_term_and_needs_moves(tmp_path):
+    from mosmoskit.labels import load_label_map
+    from mosmoskit.pretraining.model import build_pretrain_model
+    from mosmoskit.pretraining.task import PretrainTask
+
+    btcv = load_label_map("btcv")
+    with pytest.raises(ValueError, match="needs moves"):
+        PretrainConfig(equivariance_weight=1.0, max_shift=0, max_rotation_deg=0.0, max_scale=0.0)
+    cfg = PretrainConfig(output_dir=str(tmp_path), text_encoder="tiny", image_size=(32, 32), embed_dim=16,
+                         tag_head_dim=16, encoder_width=4, contrastive_weight=0.0, equivariance_weight=1.0)
+    task = PretrainTask(build_pretrain_model(cfg, btcv), cfg, btcv)
+    assert task.hollow_classes == [5, 7]  # esophagus and stomach may hold gas
+    terms = task.step({"image": torch.rand(4, 1, 32, 32), "tags": torch.ones(4, 13), "case_id": list("abcd")})
+    assert {"tags", "background", "affinity", "equivariance"} <= set(terms)
+    terms["equivariance"].backward()
+    assert task.model.image_encoder.conv_0.conv_0.conv.weight.grad is not None
 
 
 # ----------------------------------------------------------------------------- moves and mosaics

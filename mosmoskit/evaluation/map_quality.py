@@ -27,11 +27,20 @@ import torch
 from mosmoskit.evaluation.localisation import pointing_hits
 from mosmoskit.labels import LabelMap
 
-__all__ = ["HELD_OUT_MOVES", "half_peak_masks", "argmax_masks", "dice", "evaluate_maps", "prior_maps"]
+__all__ = ["HELD_OUT_MOVES", "held_out_moves", "half_peak_masks", "argmax_masks", "dice", "evaluate_maps", "prior_maps"]
 
 #: how held-out images are moved for every map metric: shifts up to 15 voxels per axis, rotations
-#: up to 12 degrees, zooms of +-10% (keyword arguments of ``ImageReportDataset``)
+#: up to 12 degrees, zooms of +-10% (keyword arguments of ``ImageReportDataset``), for a 128-pixel
+#: field of view; :func:`held_out_moves` scales the shift to other grids
 HELD_OUT_MOVES: dict[str, float] = {"max_shift": 15, "max_rotation_deg": 12.0, "max_scale": 0.10}
+
+
+def held_out_moves(image_size: Sequence[int]) -> dict[str, float]:
+    """:data:`HELD_OUT_MOVES` for a grid of ``image_size``: the shift is the same share of the field of
+    view (15 of 128 pixels, about 45 mm on the 2D phantoms; 6 voxels of a 48-voxel 3D grid), so a
+    coarse 3D grid is not moved four times as far as a 2D slice."""
+    side = min(int(s) for s in image_size[:2])
+    return {**HELD_OUT_MOVES, "max_shift": max(1, round(HELD_OUT_MOVES["max_shift"] * side / 128))}
 
 #: fat and its noise in HU: what fills an erased organ's place
 _FAT_HU, _FAT_NOISE_HU = -100.0, 10.0

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["background_pixels", "intensity_affinity_loss", "intensity_background_loss"]
+__all__ = ["enclosed_air_pixels", "background_pixels", "intensity_affinity_loss", "intensity_background_loss"]
 
 
 def background_pixels(
@@ -34,26 +34,53 @@ def background_pixels(
         (B, N) bool, N = prod(grid): cells of which more than half the voxels are background.
 
     Raises:
-        ValueError: a grid that does not divide the image, or an ``organ_hu`` range that the window
-            cannot see (the window clips it).
+        ValueError: a grid that does not divide the image, or an ``organ_hu`` range that does not
+            overlap the window.
     """
     low, high = float(window[0]), float(window[1])
     lo_hu, hi_hu = float(organ_hu[0]), float(organ_hu[1])
-    if not low <= lo_hu < hi_hu <= high:
-        raise ValueError(f"organ_hu {tuple(organ_hu)} must lie inside the intensity window {tuple(window)}: "
-                         f"outside it the windowed image cannot tell the values apart")
+    if not (lo_hu < hi_hu and lo_hu < high and hi_hu > low):
+        raise ValueError(f"organ_hu {tuple(organ_hu)} must be (low, high) overlapping the intensity window "
+                         f"{tuple(window)}: otherwise every visible pixel would be background")
     spatial = tuple(image.shape[2:])
     grid = tuple(int(g) for g in grid)
     if len(grid) != len(spatial) or any(s % g for s, g in zip(spatial, grid)):
         raise ValueError(f"grid {grid} does not divide the image's spatial size {spatial}")
     lo, hi = (lo_hu - low) / (high - low), (hi_hu - low) / (high - low)
-    # A value at the window's top was clipped there: it is at least ``high`` HU.
-    outside = ((image < lo) | (image >= hi)).float()
+    # A value at the window's top was clipped there: it is at least ``high`` HU. A side of organ_hu
+    # beyond the window is not used: the clipped values there could be organ or not.
+    below = image < lo if lo > 0 else torch.zeros_like(image, dtype=torch.bool)
+    above = image >= hi if hi <= 1 else torch.zeros_like(image, dtype=torch.bool)
+    outside = (below | above).float()
     if grid != spatial:
         pool = F.avg_pool2d if len(grid) == 2 else F.avg_pool3d
         stride = tuple(s // g for s, g in zip(spatial, grid))
         outside = pool(outside, kernel_size=stride, stride=stride)
     return (outside > 0.5).flatten(1)
+
+
+def enclosed_air_pixels(image: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """(B, N) bool: air cells inside the body.
+
+    A cell is air when more than half its voxels sit at the window's floor (air, gas or lung once the
+    window clips them), and inside the body when tissue lies on both sides of it along every axis
+    of the grid: the gas of a stomach or a bowel loop, not the air around the patient.
+    """
+    spatial = tuple(image.shape[2:])
+    grid = tuple(int(g) for g in grid)
+    air = (image <= 1e-6).float()
+    if grid != spatial:
+        pool = F.avg_pool2d if len(grid) == 2 else F.avg_pool3d
+        stride = tuple(s // g for s, g in zip(spatial, grid))
+        air = pool(air, kernel_size=stride, stride=stride)
+    air = air[:, 0] > 0.5  # (B, *grid)
+    tissue = (~air).to(torch.uint8)
+    enclosed = air.clone()
+    for axis in range(1, tissue.ndim):
+        before = tissue.cummax(dim=axis).values.bool()
+        after = tissue.flip(axis).cummax(dim=axis).values.flip(axis).bool()
+        enclosed &= before & after
+    return enclosed.flatten(1)
 
 
 def intensity_background_loss(
@@ -62,19 +89,27 @@ def intensity_background_loss(
     grid: Sequence[int],
     window: Sequence[float],
     organ_hu: Sequence[float],
+    hollow: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
     """Cross-entropy toward the background class on the cells :func:`background_pixels` finds.
+
+    Hollow organs hold gas (a stomach's lumen is a fifth air in the phantoms, and often more in
+    patients): an air cell inside the body (:func:`enclosed_air_pixels`) is taught to be background
+    *or* one of them (the log of their summed probabilities), so the constraint never pushes a
+    stomach's lumen out of the stomach. The air around the patient stays background.
 
     Args:
         pixel_logits: (B, K + 1, N) class scores of the competition readout, background first
             (``TagHeadOutput.pixel_logits``).
         image, grid, window, organ_hu: see :func:`background_pixels`.
+        hollow: indices into the K + 1 classes (organ k is k + 1) of the organs that may hold gas.
 
     Returns:
         ``{"background": loss}``, the mean over the background cells (0 when there are none).
 
     Raises:
-        ValueError: ``pixel_logits`` is not (B, K + 1, prod(grid)) for the image's B.
+        ValueError: ``pixel_logits`` is not (B, K + 1, prod(grid)) for the image's B, or a hollow
+            index that is not an organ class.
     """
     grid = tuple(int(g) for g in grid)
     n = 1
@@ -82,8 +117,15 @@ def intensity_background_loss(
         n *= g
     if pixel_logits.ndim != 3 or pixel_logits.shape[0] != image.shape[0] or pixel_logits.shape[2] != n:
         raise ValueError(f"pixel_logits must be (B={image.shape[0]}, K + 1, N={n}), got {tuple(pixel_logits.shape)}")
+    hollow = [int(h) for h in hollow]
+    if any(not 1 <= h < pixel_logits.shape[1] for h in hollow):
+        raise ValueError(f"hollow organ classes must be in [1, {pixel_logits.shape[1] - 1}], got {hollow}")
     mask = background_pixels(image, grid, window, organ_hu)
-    log_background = pixel_logits.float().log_softmax(dim=1)[:, 0]  # (B, N)
+    log_probs = pixel_logits.float().log_softmax(dim=1)
+    log_background = log_probs[:, 0]  # (B, N)
+    if hollow:
+        log_gas_holder = torch.logsumexp(log_probs[:, [0, *hollow]], dim=1)
+        log_background = torch.where(enclosed_air_pixels(image, grid), log_gas_holder, log_background)
     if not mask.any():
         return {"background": log_background.sum() * 0.0}
     return {"background": -log_background[mask].mean()}

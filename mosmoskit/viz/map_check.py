@@ -42,7 +42,7 @@ def plot_map_vs_prior(
         maps: (n, K, X, Y) the model's maps at the image grid (any non-negative scale).
         prior: (K, X, Y) the fixed-position prior (mean training masks).
         names: the K tag names, in map order.
-        organs: the organs to draw (rows).
+        organs: the organs to draw (rows); none gives a figure that says there is nothing to draw.
         label_ids: the label id of each of the K tags.
         probabilities: optional (n, K) tag probabilities, written in the map panels' titles.
         panel_size: inches per panel.
@@ -65,6 +65,13 @@ def plot_map_vs_prior(
     if missing:
         raise ValueError(f"organs {missing} are not among the tags {list(names)}")
     n = images.shape[0]
+    if not organs:
+        # every large organ's tag was left out (no report calls it absent): there is no map to draw
+        fig, ax = plt.subplots(figsize=(2 * n * panel_size, panel_size))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no large organ has a learned map: every one was left out for lack of negative reports",
+                ha="center", va="center", wrap=True)
+        return fig
     fig, axes = plt.subplots(len(organs), 2 * n, figsize=(2 * n * panel_size, len(organs) * panel_size),
                              squeeze=False)
     for row, organ in enumerate(organs):
