@@ -184,7 +184,7 @@ def test_small_benchmark_runs_and_fills_every_row(tmp_path):
         assert rows[name]["output_shape"] == [1, 14, 96, 96, 48]
         assert rows[name]["output_device"] == "cpu" and rows[name]["output_sum_finite"]
     for name in ("pretrain/mosmos_text_frozen", "pretrain/mosmos_text_tuned"):
-        assert set(rows[name]["terms"]) == {"contrastive", "tags"}
+        assert set(rows[name]["terms"]) == {"contrastive", "tags", "background"}  # 3D: no 2D-only terms
     tuned, frozen = rows["pretrain/mosmos_text_tuned"], rows["pretrain/mosmos_text_frozen"]
     assert tuned["trainable_parameters"] > frozen["trainable_parameters"]
     disk, cache = rows["data/disk"], rows["data/cache"]

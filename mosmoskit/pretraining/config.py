@@ -12,14 +12,23 @@ from typing import Any
 
 from mosmoskit.config import check_choice, check_phantom_grid, check_positive
 
-__all__ = ["MAP_RECIPE", "PretrainConfig"]
+__all__ = ["FIRST_VERSION", "MAP_RECIPE", "PretrainConfig"]
 
 ENCODER_DIMS = {"unet2d": 2, "vit3d": 3}
-#: the options of the map recipe measured in docs/maps.md (pass as ``PretrainConfig(**MAP_RECIPE)``)
+#: the map recipe of docs/maps.md: these options are the defaults, listed here to say which they are
 MAP_RECIPE: dict[str, Any] = {
     "phantom_preset": "pretraining", "tag_readout": "competition", "tag_pos_encoding": "sincos",
     "feature_path": "decoder", "feature_level": 2, "organ_hu": (-50.0, 250.0), "affinity_weight": 1.0,
-    "max_shift": 15, "max_rotation_deg": 12.0, "max_scale": 0.1, "mosaic_per_batch": 4, "max_steps": 2000,
+    "max_shift": 15, "max_rotation_deg": 12.0, "max_scale": 0.1, "mosaic_per_batch": 4, "equivariance_weight": 1.0,
+    "max_steps": 1200,
+}
+#: the first version's defaults for the same options (``PretrainConfig(**FIRST_VERSION)`` repeats
+#: the "before" rows of docs/maps.md: the evidence readout on the default cohort)
+FIRST_VERSION: dict[str, Any] = {
+    "phantom_preset": "default", "tag_readout": "evidence", "tag_pos_encoding": "sincos",
+    "feature_path": "encoder", "feature_level": 2, "organ_hu": (), "affinity_weight": 0.0,
+    "max_shift": 12, "max_rotation_deg": 0.0, "max_scale": 0.0, "mosaic_per_batch": 0, "equivariance_weight": 0.0,
+    "max_steps": 400,
 }
 #: the phantom generator settings a pre-training cohort can be drawn with (``phantom_preset``)
 PHANTOM_PRESETS = ("default", "pretraining")
@@ -57,9 +66,9 @@ class PretrainConfig:
             max_scale) during training, for the same reason; 0 switches each off.
         window: HU window mapped to [0, 1].
 
-    The map recipe of ``docs/maps.md`` (the best maps measured: competition readout, decoder
-    features, intensity constraints, moves and mosaics on the enriched preset) is a set of options
-    here, not yet the defaults: see :data:`MAP_RECIPE`.
+    The defaults are the map recipe of ``docs/maps.md`` (:data:`MAP_RECIPE`: the best maps
+    measured, from the competition readout on decoder features with intensity constraints, moves
+    and mosaics on the enriched cohort); :data:`FIRST_VERSION` holds the first version's values.
 
     Model:
         spatial_dims: 2 (U-Net encoder on axial slices) or 3 (UNETR's ViT on volumes).
@@ -85,9 +94,11 @@ class PretrainConfig:
             encoder level ``feature_level``; ``"decoder"``: it reads BasicUNet's decoder at that level
             (deep context, fine grid).
         feature_level: U-Net level the tag head reads (1 = stride 2, 2 = stride 4, 3 = stride 8; 2D only).
-        organ_hu: (competition readout; others ignore it) (low, high) HU range, inside ``window``, organ pixels lie in; pixels outside it (air,
-            fat, lung, dense bone: read from the intensities, no label) are taught to be background
-            with weight ``organ_hu_weight``. Empty switches it off.
+        organ_hu: (competition readout; others ignore it) (low, high) HU range organ pixels lie in;
+            pixels outside it (air, fat, lung, dense bone: read from the intensities, no label) are
+            taught to be background with weight ``organ_hu_weight`` (gas inside the body may also be
+            a hollow organ). A side beyond ``window`` is not used (the window clips those values).
+            Empty switches it off.
         organ_hu_weight: weight of that term (``background`` in the logs).
         affinity_weight: (competition readout, 2D; ignored otherwise) weight of the intensity-affinity term (``affinity`` in the
             logs): neighbouring pixels of similar intensity share a class, so a tag's pixels spread
@@ -97,6 +108,11 @@ class PretrainConfig:
             different patients) added to every batch for the tag loss only; a mosaic's tag is 1 if
             any tile's is, 0 if every tile's is, else unmentioned. Breaks the "where in the image"
             shortcut: an organ can then be anywhere.
+        equivariance_weight: (competition readout, 2D; ignored otherwise) weight of the
+            equivariance term (``equivariance`` in the logs): every batch is seen once more, moved
+            within ``max_shift``/``max_rotation_deg``/``max_scale``, and its pixel classes must be the
+            originals' moved alike (see :mod:`mosmoskit.losses.equivariance`). Costs a second
+            image forward pass. 0 switches it off.
 
     Objectives:
         contrastive_weight: weight of the image-report InfoNCE term (0 switches it off).
@@ -117,13 +133,13 @@ class PretrainConfig:
     phantom_slices_per_case: int = 8
     phantom_shape: tuple[int, ...] = ()
     phantom_spacing: tuple[float, ...] = ()
-    phantom_preset: str = "default"
+    phantom_preset: str = "pretraining"
     phantom_scan_range_prob: float = 0.0
     val_fraction: float = 0.2
     image_size: tuple[int, ...] = (128, 128)
-    max_shift: int = 12
-    max_rotation_deg: float = 0.0
-    max_scale: float = 0.0
+    max_shift: int = 15
+    max_rotation_deg: float = 12.0
+    max_scale: float = 0.1
     window: tuple[float, float] = (-175.0, 250.0)
 
     spatial_dims: int = 2
@@ -135,23 +151,24 @@ class PretrainConfig:
     tag_head_dim: int = 128
     tag_head_layers: int = 1
     tag_head_heads: int = 4
-    tag_readout: str = "evidence"
+    tag_readout: str = "competition"
     tag_pool_fraction: float = 0.01
     tag_pos_encoding: str = "sincos"
-    feature_path: str = "encoder"
+    feature_path: str = "decoder"
     feature_level: int = 2
-    organ_hu: tuple[float, ...] = ()
+    organ_hu: tuple[float, ...] = (-50.0, 250.0)
     organ_hu_weight: float = 1.0
-    affinity_weight: float = 0.0
+    affinity_weight: float = 1.0
     affinity_sigma_hu: float = 20.0
-    mosaic_per_batch: int = 0
+    mosaic_per_batch: int = 4
+    equivariance_weight: float = 1.0
 
     contrastive_weight: float = 1.0
     tag_loss_weight: float = 1.0
     tag_loss: str = "bce"
     unmentioned: str = "mask"
 
-    max_steps: int = 400
+    max_steps: int = 1200
     batch_size: int = 16
     lr: float = 1e-3
     text_lr_scale: float = 0.1
@@ -201,9 +218,10 @@ class PretrainConfig:
             raise ValueError(f"tag_pool_fraction must be in (0, 1], got {self.tag_pool_fraction!r}")
         if self.organ_hu and (len(self.organ_hu) != 2 or self.organ_hu[0] >= self.organ_hu[1]):
             raise ValueError(f"organ_hu must be empty or (low, high) with low < high, got {self.organ_hu!r}")
-        if self.organ_hu and len(self.organ_hu) == 2 and not self.window[0] <= self.organ_hu[0] < self.organ_hu[1] <= self.window[1]:
-            raise ValueError(f"organ_hu {tuple(self.organ_hu)} must lie inside the window {tuple(self.window)}: outside "
-                             "it the windowed image cannot tell the intensities apart")
+        if self.organ_hu and len(self.organ_hu) == 2 and not (self.organ_hu[0] < self.window[1]
+                                                              and self.organ_hu[1] > self.window[0]):
+            raise ValueError(f"organ_hu {tuple(self.organ_hu)} does not overlap the window {tuple(self.window)}: every "
+                             "pixel the windowed image shows would be background")
         if not 0.0 <= float(self.max_scale) < 1.0:
             raise ValueError(f"max_scale must be in [0, 1), got {self.max_scale!r}")
 
@@ -217,9 +235,12 @@ class PretrainConfig:
                      "phantom_cases", "phantom_slices_per_case"):
             check_positive(name, getattr(self, name))
         for name in ("encoder_width", "max_shift", "max_rotation_deg", "organ_hu_weight", "mosaic_per_batch",
-                     "affinity_weight",
+                     "affinity_weight", "equivariance_weight",
                      "num_workers", "warmup_steps", "text_lr_scale", "grad_clip_norm"):
             check_positive(name, getattr(self, name), allow_zero=True)
+        if self.equivariance_weight and not (self.max_shift or self.max_rotation_deg or self.max_scale):
+            raise ValueError("equivariance_weight > 0 needs moves to be equivariant under: set max_shift, "
+                             "max_rotation_deg or max_scale")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.contrastive_weight > 0 and self.batch_size * self.grad_accum_steps < 2 and self.batch_size < 2:
