@@ -175,6 +175,10 @@ def test_pretraining_with_equivariance_logs_its_term_and_needs_moves(tmp_path):
     btcv = load_label_map("btcv")
     with pytest.raises(ValueError, match="needs moves"):
         PretrainConfig(equivariance_weight=1.0, max_shift=0, max_rotation_deg=0.0, max_scale=0.0)
+    # where the term is not used (3D, other readouts) no moves are needed
+    PretrainConfig(max_shift=0, max_rotation_deg=0.0, max_scale=0.0, tag_readout="evidence")
+    PretrainConfig(max_shift=0, max_rotation_deg=0.0, max_scale=0.0, spatial_dims=3, image_encoder="vit3d",
+                   image_size=(32, 32, 16))
     cfg = PretrainConfig(output_dir=str(tmp_path), text_encoder="tiny", image_size=(32, 32), embed_dim=16,
                          tag_head_dim=16, encoder_width=4, contrastive_weight=0.0, equivariance_weight=1.0)
     task = PretrainTask(build_pretrain_model(cfg, btcv), cfg, btcv)

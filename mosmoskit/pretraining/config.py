@@ -238,7 +238,8 @@ class PretrainConfig:
                      "affinity_weight", "equivariance_weight",
                      "num_workers", "warmup_steps", "text_lr_scale", "grad_clip_norm"):
             check_positive(name, getattr(self, name), allow_zero=True)
-        if self.equivariance_weight and not (self.max_shift or self.max_rotation_deg or self.max_scale):
+        if (self.equivariance_weight and self.spatial_dims == 2 and self.tag_readout == "competition"
+                and not (self.max_shift or self.max_rotation_deg or self.max_scale)):
             raise ValueError("equivariance_weight > 0 needs moves to be equivariant under: set max_shift, "
                              "max_rotation_deg or max_scale")
         if not 0.0 < self.val_fraction < 1.0:
