@@ -19,6 +19,19 @@ import torch.nn.functional as F
 __all__ = ["enclosed_air_pixels", "background_pixels", "intensity_affinity_loss", "intensity_background_loss"]
 
 
+def _majority_cells(voxels: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """(B, *grid) bool: cells of the grid in which more than half of the (B, 1, *spatial) ``voxels`` are set."""
+    spatial = tuple(voxels.shape[2:])
+    if len(grid) != len(spatial) or any(s % g for s, g in zip(spatial, grid)):
+        raise ValueError(f"grid {grid} does not divide the image's spatial size {spatial}")
+    share = voxels.float()
+    if grid != spatial:
+        pool = F.avg_pool2d if len(grid) == 2 else F.avg_pool3d
+        stride = tuple(s // g for s, g in zip(spatial, grid))
+        share = pool(share, kernel_size=stride, stride=stride)
+    return share[:, 0] > 0.5
+
+
 def background_pixels(
     image: torch.Tensor, grid: Sequence[int], window: Sequence[float], organ_hu: Sequence[float]
 ) -> torch.Tensor:
@@ -42,21 +55,12 @@ def background_pixels(
     if not (lo_hu < hi_hu and lo_hu < high and hi_hu > low):
         raise ValueError(f"organ_hu {tuple(organ_hu)} must be (low, high) overlapping the intensity window "
                          f"{tuple(window)}: otherwise every visible pixel would be background")
-    spatial = tuple(image.shape[2:])
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != len(spatial) or any(s % g for s, g in zip(spatial, grid)):
-        raise ValueError(f"grid {grid} does not divide the image's spatial size {spatial}")
     lo, hi = (lo_hu - low) / (high - low), (hi_hu - low) / (high - low)
     # A value at the window's top was clipped there: it is at least ``high`` HU. A side of organ_hu
     # beyond the window is not used: the clipped values there could be organ or not.
     below = image < lo if lo > 0 else torch.zeros_like(image, dtype=torch.bool)
     above = image >= hi if hi <= 1 else torch.zeros_like(image, dtype=torch.bool)
-    outside = (below | above).float()
-    if grid != spatial:
-        pool = F.avg_pool2d if len(grid) == 2 else F.avg_pool3d
-        stride = tuple(s // g for s, g in zip(spatial, grid))
-        outside = pool(outside, kernel_size=stride, stride=stride)
-    return (outside > 0.5).flatten(1)
+    return _majority_cells(below | above, tuple(int(g) for g in grid)).flatten(1)
 
 
 def enclosed_air_pixels(image: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
@@ -66,14 +70,7 @@ def enclosed_air_pixels(image: torch.Tensor, grid: Sequence[int]) -> torch.Tenso
     window clips them), and inside the body when tissue lies on both sides of it along every axis
     of the grid: the gas of a stomach or a bowel loop, not the air around the patient.
     """
-    spatial = tuple(image.shape[2:])
-    grid = tuple(int(g) for g in grid)
-    air = (image <= 1e-6).float()
-    if grid != spatial:
-        pool = F.avg_pool2d if len(grid) == 2 else F.avg_pool3d
-        stride = tuple(s // g for s, g in zip(spatial, grid))
-        air = pool(air, kernel_size=stride, stride=stride)
-    air = air[:, 0] > 0.5  # (B, *grid)
+    air = _majority_cells(image <= 1e-6, tuple(int(g) for g in grid))  # (B, *grid)
     tissue = (~air).to(torch.uint8)
     enclosed = air.clone()
     for axis in range(1, tissue.ndim):

@@ -48,7 +48,8 @@ def map_check(
     prior = prior_maps(masks, tag_ids)
     moved = ImageReportDataset(split["val"], label_map, config.image_size, window=config.window, seed=_MOVE_SEED,
                                with_labels=True, **held_out_moves(config.image_size))
-    organs = [name for name in large_organs(label_map) if name in learned_tags(model, label_map)]
+    learned = learned_tags(model, label_map)
+    organs = [name for name in large_organs(label_map) if name in learned]
     metrics = evaluate_maps(model, moved, label_map, prior, organs, config.window, device=device, erasure=erasure)
     return {f"maps/{key}": value for key, value in metrics.items()}
 
@@ -87,6 +88,7 @@ def map_check_examples(
         raise ValueError("the training cases have no masks: the fixed-position prior needs them")
     names = list(label_map.foreground_names)
     tag_ids = [label_map.id_of(name) for name in names]
+    learned = learned_tags(model, label_map)
     moved = ImageReportDataset(split["val"][: max(1, int(n))], label_map, config.image_size, window=config.window,
                                seed=_MOVE_SEED, with_labels=True, **held_out_moves(config.image_size))
     items = [moved[i] for i in range(len(moved))]
@@ -101,6 +103,6 @@ def map_check_examples(
         images_np, labels, maps_np, prior = images_np[..., z], labels[..., z], maps_np[..., z], prior[..., z]
     return {
         "images": images_np, "labels": labels, "maps": maps_np, "prior": prior, "names": names,
-        "organs": [o for o in large_organs(label_map) if o in learned_tags(model, label_map)], "label_ids": tag_ids,
+        "organs": [o for o in large_organs(label_map) if o in learned], "label_ids": tag_ids,
         "probabilities": torch.sigmoid(logits).float().cpu().numpy(),
     }
