@@ -4,11 +4,14 @@
 orientation, as every reader of the kit returns) and gives integer labels of the checkpoint's label
 map on the same grid:
 
-1. the HU values are windowed exactly as in training (``config.window`` -> [0, 1]);
-2. **spacing.** If the run resampled its training scans (``config.spacing`` set), the scan is
-   resampled to that spacing (linear), segmented, and the class probabilities are resampled back
-   (linear) before the argmax, so the labels are on the input's own grid. If the run kept each
-   file's spacing (``config.spacing`` empty), nothing is resampled: the network only ever saw
+1. **the training data's own transforms** (:func:`work_grid`): if the run resampled its training
+   scans (``config.spacing`` set), the scan goes through the same MONAI ``Spacingd``
+   (:func:`~mosmoskit.data.transforms.resample_transform`; a 2D model on a volume: in-plane
+   only), then the same intensity window (``config.window`` -> [0, 1]) as training and
+   validation; the class probabilities come back to the scan's own grid through MONAI's
+   inverse of that resampling, before the argmax;
+2. **spacing.** If the run kept each file's spacing (``config.spacing`` empty), nothing is
+   resampled: the network only ever saw
    voxels of the training spacing, so a scan whose spacing differs from it by more than
    ``spacing_tolerance`` (relative, any axis; 2D models: in-plane axes only) is reported as
    ``on_spacing_mismatch`` says: ``"warn"`` (default: segment anyway, with a warning that says
@@ -50,7 +53,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mosmoskit.data.readers import Volume
@@ -59,6 +61,7 @@ __all__ = [
     "DEFAULT_SPACING_TOLERANCE",
     "SPACING_POLICIES",
     "PredictionFiles",
+    "WorkGrid",
     "attention_maps_volume",
     "check_spacing",
     "network_maps",
@@ -66,6 +69,7 @@ __all__ = [
     "plan_accumulation",
     "predict_file",
     "predict_volume",
+    "work_grid",
 ]
 
 #: What to do with a scan whose spacing differs from the training scans' when nothing is resampled.
@@ -129,19 +133,6 @@ def check_spacing(
     return False
 
 
-def _resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
-    """The grid covering the same field of view at ``target`` spacing."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
-
-
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Linear resize of (N, C, *spatial) to ``size`` (voxel centres spread over the same extent)."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    mode = "bilinear" if x.ndim == 4 else "trilinear"
-    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, align_corners=False)
-
-
 # ----------------------------------------------------------------------------------- the core
 def _model_device(model: nn.Module) -> torch.device:
     try:
@@ -150,18 +141,80 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _network_input(
-    volume: Volume, config: Any, window: bool = True
-) -> tuple[torch.Tensor | None, tuple[int, ...], bool]:
-    """The windowed scan as network input, and the grid the network works on (``window=False``:
-    only the grid, x is None).
+@dataclass
+class WorkGrid:
+    """A scan on the grid the network works on, and the way back to the scan's own grid.
 
-    Returns:
-        (x, work_shape, as_slices): x (1, 1, *shape) for a 3D model or a 2D model on a 2D image;
-        (Z, 1, X, Y) axial slices for a 2D model on a 3D volume. ``work_shape`` is the volume's
-        shape after resampling to ``config.spacing`` (in-plane only for slices).
+    Made by :func:`work_grid` with the training data's own MONAI transforms: the resampling of
+    :func:`~mosmoskit.data.transforms.resample_transform` (when the run set ``spacing``) and the
+    intensity window of :func:`~mosmoskit.data.transforms.ct_intensity_transform`, so a scan
+    reaches the network exactly as a validation case does; :meth:`back` undoes the resampling
+    with MONAI's inverse of that same transform.
+
+    Attributes:
+        hu: (1, *work_shape) MetaTensor of HU on the work grid (carrying its resampling).
+        resample: the ``Spacingd`` applied, or None (the run kept each file's spacing).
+        as_slices: a 2D model on a volume (segmented slice by slice along axis 2).
+        volume_shape: the scan's own shape.
     """
-    from mosmoskit.pretraining.data import window_intensity
+
+    hu: Any
+    resample: Any
+    as_slices: bool
+    volume_shape: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The work grid's shape."""
+        return tuple(int(s) for s in self.hu.shape[1:])
+
+    def network_input(self, window: Sequence[float]) -> torch.Tensor:
+        """The windowed scan: (1, 1, *shape), or (Z, 1, X, Y) axial slices for a 2D model on a volume."""
+        from mosmoskit.data.transforms import ct_intensity_transform
+
+        x = ct_intensity_transform(window)({"image": self.hu})["image"]
+        x = torch.as_tensor(x.as_tensor() if hasattr(x, "as_tensor") else x, dtype=torch.float32)[None]
+        return self.slices(x)
+
+    def slices(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, *shape) -> what the network takes: unchanged, or (Z, C, X, Y) for slices."""
+        return x[0].permute(3, 0, 1, 2).contiguous() if self.as_slices else x
+
+    def back(self, out: torch.Tensor) -> torch.Tensor:
+        """(N, C, *network grid) output -> (C, *volume_shape) on the scan's own grid.
+
+        Resampled output (probabilities, maps) goes back through the inverse of the resampling
+        that made the work grid (linear); class ids must not be resampled (argmax first on the
+        scan's grid instead).
+        """
+        if self.as_slices:
+            out = out.permute(1, 2, 3, 0)[None]  # (Z, C, X, Y) -> (1, C, X, Y, Z)
+        out = out[0]
+        if self.resample is None:
+            return out
+        import copy
+
+        from monai.data import MetaTensor
+
+        carried = MetaTensor(out.float(), meta=copy.deepcopy(self.hu.meta),
+                             applied_operations=copy.deepcopy(self.hu.applied_operations))
+        restored = self.resample.inverse({"image": carried})["image"]
+        restored = restored.as_tensor() if hasattr(restored, "as_tensor") else restored
+        if tuple(restored.shape[1:]) != tuple(self.volume_shape):
+            raise RuntimeError(f"resampling back gave the grid {tuple(restored.shape[1:])}, expected "
+                               f"{tuple(self.volume_shape)}")
+        return restored
+
+
+def work_grid(volume: Volume, config: Any) -> WorkGrid:
+    """The scan on the network's grid (see :class:`WorkGrid`).
+
+    Raises:
+        ValueError: a 3D model given a 2D image.
+    """
+    from monai.data import MetaTensor
+
+    from mosmoskit.data.transforms import resample_transform
 
     dims = int(config.spatial_dims)
     if volume.ndim == dims:
@@ -173,39 +226,34 @@ def _network_input(
             f"{volume.source}: a {dims}D model cannot segment a {volume.ndim}D image of shape {volume.shape} "
             f"(3D models need volumes; 2D models take slices or volumes, segmented slice by slice)"
         )
-    target = tuple(float(s) for s in config.spacing) if config.spacing else None
-    if target is not None and as_slices:
-        target = (*target, float(volume.spacing[2]))  # slices are resampled in-plane only
-    work_shape = volume.shape if target is None else _resampled_shape(volume.shape, volume.spacing, target)
-    if not window:
-        return None, tuple(work_shape), as_slices
-    x = torch.from_numpy(window_intensity(volume.array, config.window))[None, None]
-    x = _resize(x, work_shape)
-    if as_slices:
-        x = x[0].permute(3, 0, 1, 2).contiguous()  # (1, X, Y, Z) -> (Z, 1, X, Y)
-    return x, tuple(work_shape), as_slices
+    array = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))[None]
+    hu = MetaTensor(array, affine=torch.as_tensor(volume.affine, dtype=torch.float64))
+    resample = None
+    if config.spacing:
+        # Slices are resampled in-plane only, as the 2D training slices were.
+        resample = resample_transform(("image",), config.spacing, keep_last_axis=as_slices)
+        hu = resample({"image": hu})["image"]
+    return WorkGrid(hu=hu, resample=resample, as_slices=as_slices, volume_shape=tuple(volume.shape))
 
 
-def network_maps(model: nn.Module, volume: Volume, config: Any) -> torch.Tensor | None:
+def network_maps(model: nn.Module, volume: Volume, config: Any, grid: WorkGrid | None = None) -> torch.Tensor | None:
     """The maps a segmenter with precomputed maps fuses, on the grid the network works on.
 
-    The scan in HU is resampled to the work grid as :func:`predict_volume` resamples it (linear),
-    and :meth:`MosmosSegmenter.whole_image_maps` makes its maps once (a 2D model: each axial
+    The scan in HU on the work grid (:func:`work_grid`, the resampling of training) goes to
+    :meth:`MosmosSegmenter.whole_image_maps`, which makes its maps once (a 2D model: each axial
     slice whole).
 
     Returns:
-        (1, K, *work_shape) for a 3D model or a 2D model on a 2D image; (Z, K, X, Y') for a 2D
-        model on a volume (like the input of :func:`_network_input`); None for a model that
-        makes its maps in the network (or fuses none).
+        (1, K, *work_shape) for a 3D model or a 2D model on a 2D image; (Z, K, X, Y) for a 2D
+        model on a volume (like :meth:`WorkGrid.network_input`); None for a model that makes its
+        maps in the network (or fuses none).
     """
     if not getattr(model, "precomputed_maps", False):
         return None
-    _, work_shape, as_slices = _network_input(volume, config, window=False)
-    hu = _resize(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None, None], work_shape)[0, 0]
-    maps, _ = model.whole_image_maps(hu.numpy(), device=_model_device(model))
-    if as_slices:
-        return maps.permute(3, 0, 1, 2).contiguous()  # (K, X, Y, Z) -> (Z, K, X, Y)
-    return maps[None]
+    grid = work_grid(volume, config) if grid is None else grid
+    hu = grid.hu.as_tensor() if hasattr(grid.hu, "as_tensor") else grid.hu
+    maps, _ = model.whole_image_maps(hu[0].numpy(), device=_model_device(model))
+    return grid.slices(maps[None])
 
 
 def _sliding(
@@ -243,13 +291,6 @@ def _sliding(
             out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
             chunks.append((out if reduce is None else reduce(out)).cpu())
     return torch.cat(chunks)
-
-
-def _back_to_volume(out: torch.Tensor, volume: Volume, as_slices: bool) -> torch.Tensor:
-    """(N, C, *work) network-grid output -> (C, *volume.shape) on the volume's own grid."""
-    if as_slices:
-        out = out.permute(1, 2, 3, 0)[None]  # (Z, C, X, Y) -> (1, C, X, Y, Z)
-    return _resize(out, volume.shape)[0]
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -391,27 +432,27 @@ def predict_volume(
     from mosmoskit.finetuning.task import map_predictor, with_maps
 
     model.eval()
-    x, work_shape, as_slices = _network_input(volume, config)
+    grid = work_grid(volume, config)
     # The whole scan's maps travel with it through the sliding window (precomputed-map models only).
-    x, channels = with_maps(x, network_maps(model, volume, config))
+    x, channels = with_maps(grid.network_input(config.window), network_maps(model, volume, config, grid))
     logits = map_predictor(model, channels)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits(window).float(), dim=1)
 
     device = _model_device(model)
-    keep_scores = return_probabilities or tuple(work_shape) != tuple(volume.shape)
-    accumulate_on_cpu = plan_accumulation(device, work_shape, volume.shape, _num_classes(model), config.roi_size,
-                                          sw_batch_size, as_slices, accumulate_on_cpu, keep_scores, volume.source)
+    # Resampled probabilities go back to the scan's grid before the argmax.
+    keep_scores = return_probabilities or grid.resample is not None
+    accumulate_on_cpu = plan_accumulation(device, grid.shape, volume.shape, _num_classes(model), config.roi_size,
+                                          sw_batch_size, grid.as_slices, accumulate_on_cpu, keep_scores,
+                                          volume.source)
     if keep_scores:
-        # Probabilities are resampled back (linear) before the argmax.
-        probs = _sliding(predictor, x, config.roi_size, overlap, sw_batch_size, device, accumulate_on_cpu)
-        probs = _back_to_volume(probs, volume, as_slices)
+        probs = grid.back(_sliding(predictor, x, config.roi_size, overlap, sw_batch_size, device, accumulate_on_cpu))
         labels = probs.argmax(dim=0).numpy().astype(_label_dtype(probs.shape[0]))
         return labels, (probs.numpy() if return_probabilities else None)
     ids = _sliding(predictor, x, config.roi_size, overlap, sw_batch_size, device, accumulate_on_cpu,
                    reduce=lambda p: p.argmax(dim=1, keepdim=True).to(torch.int32))
-    labels = _back_to_volume(ids, volume, as_slices)[0].numpy()
+    labels = grid.back(ids)[0].numpy()
     num_classes = _num_classes(model)
     return labels.astype(_label_dtype(num_classes if num_classes else int(labels.max()) + 1)), None
 
@@ -452,23 +493,24 @@ def attention_maps_volume(
     if getattr(model, "precomputed_maps", False):
         from mosmoskit import resources
 
-        _, work_shape, as_slices = _network_input(volume, config, window=False)
+        grid = work_grid(volume, config)
         k = int(model.num_tags)
-        need = 4 * k * (math.prod(work_shape) + math.prod(volume.shape)) + 8 * math.prod(volume.shape)
+        need = 4 * k * (math.prod(grid.shape) + math.prod(volume.shape)) + 8 * math.prod(volume.shape)
         resources.check_fits(need, resources.available_memory()["host_bytes"],
-                             what=f"the {k} attention maps of {volume.source} (grid {tuple(work_shape)}) in host "
+                             what=f"the {k} attention maps of {volume.source} (grid {grid.shape}) in host "
                                   f"memory",
                              hint="crop the scan to the region of interest or resample it to a coarser voxel size")
-        return _back_to_volume(network_maps(model, volume, config), volume, as_slices).numpy()
-    x, work_shape, as_slices = _network_input(volume, config)
+        return grid.back(network_maps(model, volume, config, grid)).numpy()
+    grid = work_grid(volume, config)
+    x = grid.network_input(config.window)
     device = _model_device(model)
     classes = _num_classes(model)
-    accumulate_on_cpu = plan_accumulation(device, work_shape, volume.shape, None if classes is None else classes - 1,
-                                          config.roi_size, sw_batch_size, as_slices, accumulate_on_cpu, True,
+    accumulate_on_cpu = plan_accumulation(device, grid.shape, volume.shape, None if classes is None else classes - 1,
+                                          config.roi_size, sw_batch_size, grid.as_slices, accumulate_on_cpu, True,
                                           volume.source)
     maps = _sliding(lambda w: model.attention_maps(w).maps, x, config.roi_size, overlap, sw_batch_size,
                     device, accumulate_on_cpu)
-    return _back_to_volume(maps, volume, as_slices).numpy()
+    return grid.back(maps).numpy()
 
 
 # ---------------------------------------------------------------------------------------- files

@@ -231,6 +231,8 @@ def _fine_tuning_rows(metrics_json: Path) -> dict[str, Any] | None:
         "mean_dice": test.get("mean_dice"), "mean_hd95": test.get("mean_hd95"), "n_cases": test.get("n_cases"),
         "unit": record.get("test_unit", "image"), "variant": (record.get("protocol") or {}).get("variant"),
         "organs": {o: s.get("dice_mean") for o, s in (test.get("organs") or {}).items()},
+        "organs_ci95": {o: s.get("dice_ci95") for o, s in (test.get("organs") or {}).items()},
+        "mean_dice_ci95": test.get("mean_dice_ci95"),
         "organs_hd95": {o: s.get("hd95_mean") for o, s in (test.get("organs") or {}).items()},
     }
 
@@ -241,6 +243,12 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _fmt_interval(bounds: Any) -> str:
+    if not bounds or any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
+        return "-"
+    return f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
 def _results_markdown(state: Mapping[str, Any], run_dir: Path) -> str:
     lines = [f"# Pipeline run `{run_dir.name}`", "", "| notebook | status | seconds | executed notebook |",
              "|---|---|---|---|"]
@@ -249,9 +257,10 @@ def _results_markdown(state: Mapping[str, Any], run_dir: Path) -> str:
     ft = state.get("finetune_results")
     if ft:
         lines += ["", f"## Fine-tuning test set ({ft['n_cases']} test cases, unit: {ft['unit']}; variant {ft['variant']})", "",
-                  "| organ | Dice |", "|---|---|"]
-        lines += [f"| {o} | {_fmt(d)} |" for o, d in ft["organs"].items()]
-        lines += [f"| **mean** | **{_fmt(ft['mean_dice'])}** |"]
+                  "| organ | Dice | 95% CI (bootstrap over test cases) |", "|---|---|---|"]
+        intervals = ft.get("organs_ci95") or {}
+        lines += [f"| {o} | {_fmt(d)} | {_fmt_interval(intervals.get(o))} |" for o, d in ft["organs"].items()]
+        lines += [f"| **mean** | **{_fmt(ft['mean_dice'])}** | {_fmt_interval(ft.get('mean_dice_ci95'))} |"]
     return "\n".join(lines) + "\n"
 
 

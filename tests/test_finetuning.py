@@ -169,6 +169,7 @@ def many_patients(tmp_path_factory) -> Path:
 
 
 def _split(folder: Path, tmp_path: Path, **fields):
+    fields.setdefault("test_fraction", 0.2)
     config = FinetuneConfig(dataset=str(folder), roi_size=(32, 32), output_dir=str(tmp_path), **fields)
     return prepare_finetuning_data(config, progress=False).split
 
@@ -469,7 +470,11 @@ def test_predict_volume_resamples_to_the_training_spacing_and_back():
     assert labels.shape == hu.shape
     truth = (hu > 0).astype(np.uint8)
     dice = 2 * np.sum(labels & truth) / (labels.sum() + truth.sum())
-    assert dice > 0.9
+    # MONAI's 4 mm grid keeps the first voxel centre, so each box edge falls halfway between a
+    # sample inside and one outside: probability 0.5, a tie that argmax gives to background. The
+    # 20 x 14 x 6 box comes back as 19 x 13 x 5 voxels, all inside it: Dice 0.85.
+    assert dice > 0.8
+    assert not np.any(labels & (1 - truth))
 
 
 def test_spacing_mismatch_warns_raises_or_is_ignored(recwarn):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mosmoskit import distributed
-from mosmoskit.losses import ContrastiveLoss, SegmentationLoss, TagLoss
+from mosmoskit.losses import ContrastiveLoss, SegmentationLoss, TagLoss, frequency_class_weights
 
 
 def _naive_info_nce(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
@@ -431,3 +431,30 @@ def test_segmentation_loss_rejects_bad_inputs():
         SegmentationLoss(num_classes=3, dice_weight=0.0, ce_weight=0.0)
     with pytest.raises(ValueError, match="dice_weight must be a finite number >= 0"):
         SegmentationLoss(num_classes=3, dice_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------ class weights
+def test_class_weighted_cross_entropy_is_torch_weighted_mean_and_dice_is_unchanged():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 1, 8, 8))
+    weights = [1.0, 4.0, 9.0]
+    plain, weighted = SegmentationLoss(3)(logits, labels), SegmentationLoss(3, ce_class_weights=weights)(logits, labels)
+    expected = F.cross_entropy(logits, labels[:, 0], weight=torch.tensor(weights))
+    assert torch.allclose(weighted["ce"], expected) and not torch.allclose(weighted["ce"], plain["ce"])
+    assert torch.equal(weighted["dice"], plain["dice"])
+    # equal weights are the plain mean
+    assert torch.allclose(SegmentationLoss(3, ce_class_weights=[2.0] * 3)(logits, labels)["ce"], plain["ce"])
+
+
+@pytest.mark.parametrize("weights", [[1.0, 2.0], [1.0, 0.0, 2.0], [1.0, float("nan"), 1.0]])
+def test_class_weights_must_be_one_positive_number_per_class(weights):
+    with pytest.raises(ValueError, match="ce_class_weights must be 3 finite numbers > 0"):
+        SegmentationLoss(3, ce_class_weights=weights)
+
+
+def test_frequency_weights_are_square_root_inverse_frequency():
+    assert frequency_class_weights([10000, 100, 1, 0]) == [1.0, 10.0, 100.0, 1.0]
+    assert frequency_class_weights([50, 200]) == [2.0, 1.0]  # relative to the most frequent class
+    for bad in ([], [0, 0], [1, -1], [1, float("inf")]):
+        with pytest.raises(ValueError, match="voxel_counts"):
+            frequency_class_weights(bad)

@@ -120,9 +120,10 @@ def _organ(dice, std, hd, n, missed=0, never=0):
 
 SUMMARY = {
     "n_cases": 3,
-    "organs": {"spleen": _organ(0.9, 0.05, 3.25, 3), "liver": _organ(0.5, 0.25, 12.04, 3, missed=1, never=1),
+    "organs": {"spleen": {**_organ(0.9, 0.05, 3.25, 3), "dice_ci95": [0.85, 0.95]},
+               "liver": _organ(0.5, 0.25, 12.04, 3, missed=1, never=1),  # a record from before the intervals
                "gallbladder": _organ(float("nan"), float("nan"), float("nan"), 0)},
-    "mean_dice": 0.7, "mean_hd95": 7.645, "never_learned": 1, "never_learned_dice": 0.05,
+    "mean_dice": 0.7, "mean_dice_ci95": [0.6, 0.8], "mean_hd95": 7.645, "never_learned": 1, "never_learned_dice": 0.05,
 }
 SPLIT = {"train_pool": {"cases": 12, "patients": 6, "case_ids": []},
          "labelled": {"cases": 2, "patients": 1, "case_ids": ["p0_s0", "p0_s1"]},
@@ -137,14 +138,16 @@ PROTOCOL = {"variant": "mosmos", "label_fraction": 0.1, "n_labelled": None, "lab
 def test_format_organ_metrics_lists_every_organ_with_its_failures():
     lines = format_organ_metrics(SUMMARY).splitlines()
     assert lines[0] == "Held-out test set, per organ"
-    assert lines[1].split() == ["organ", "Dice", "Dice", "std", "HD95", "mm", "cases", "missed", "never", "learned"]
+    assert lines[1].split() == ["organ", "Dice", "95%", "CI", "Dice", "std", "HD95", "mm", "cases", "missed", "never",
+                                "learned"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:-1]}
     assert list(rows) == ["spleen", "liver", "gallbladder", "mean"]  # summary (label-map) order, mean last
-    assert rows["spleen"] == ["0.900", "0.050", "3.2", "3", "0", "0"]  # HD95 to 0.1 mm
-    assert rows["liver"] == ["0.500", "0.250", "12.0", "3", "1", "1"]
-    assert rows["gallbladder"] == ["n/a", "n/a", "n/a", "0", "0", "0"]
-    assert rows["mean"] == ["0.700", "7.6", "1"]
-    assert lines[-1].startswith("3 test case(s); never learned = in the ground truth but Dice < 0.05")
+    assert rows["spleen"] == ["0.900", "0.850-0.950", "0.050", "3.2", "3", "0", "0"]  # HD95 to 0.1 mm
+    assert rows["liver"] == ["0.500", "n/a", "0.250", "12.0", "3", "1", "1"]
+    assert rows["gallbladder"] == ["n/a", "n/a", "n/a", "n/a", "0", "0", "0"]
+    assert rows["mean"] == ["0.700", "0.600-0.800", "7.6", "1"]
+    assert lines[-1].startswith("3 test case(s); 95% CI: bootstrap over the test cases; never learned = in the "
+                                "ground truth but Dice < 0.05")
 
 
 def test_format_organ_metrics_reads_metrics_json_records_with_nulls():

@@ -4,6 +4,7 @@ orientation), the JSON sidecar, attention maps, real CT and DICOM input, and cle
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import shutil
@@ -18,9 +19,11 @@ from mosmoskit.commands import finetune as finetune_command
 from mosmoskit.commands import predict as predict_command
 from mosmoskit.config import config_to_dict
 from mosmoskit.data.phantom import generate_cohort
-from mosmoskit.data.readers import ImageReadError, load_image
+from mosmoskit.data.readers import ImageReadError, load_image, load_label
+from mosmoskit.evaluation.segmentation import organ_metrics
 from mosmoskit.finetuning import FinetuneConfig, load_finetuned
-from mosmoskit.inference import output_paths, predict_file, predict_volume
+from mosmoskit.finetuning.data import eval_transforms
+from mosmoskit.inference import output_paths, predict_file, predict_volume, work_grid
 from mosmoskit.labels import load_label_map
 from mosmoskit.pretraining.config import PretrainConfig
 from mosmoskit.pretraining.model import build_pretrain_model
@@ -83,11 +86,15 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     assert finetune_command.run(_parse(finetune_command, [
         *common, "--pretrained-checkpoint", str(pretrain), "--fusion", "input", "--spacing", "12", "12",
         "--output-dir", str(base / "maps")])) == 0
+    # Trained at 9 mm on 12 mm files: test scoring and predict both resample, there and back.
+    assert finetune_command.run(_parse(finetune_command, [*common, "--encoder-width", "8", "--spacing", "9", "9",
+                                                          "--output-dir", str(base / "resampled")])) == 0
     volume = generate_cohort(base / "vol", n=1, seed=9, shape=(30, 26, 10), spacing=(12.0, 12.0, 16.0), progress=False)
     scan = _to_lps(volume / "imagesTr" / "phantom_0000.nii.gz", base / "scan_lps.nii.gz")
     slice_2d = _to_lps(cohort / "imagesTr" / "phantom_0000_s00.nii.gz", base / "slice_lps.nii.gz")
     return {"base": base, "plain": base / "plain" / "last.pt", "maps": base / "maps" / "last.pt",
-            "pretrain": pretrain, "scan": scan, "slice": slice_2d}
+            "resampled": base / "resampled" / "last.pt", "pretrain": pretrain, "scan": scan, "slice": slice_2d,
+            "cohort": cohort}
 
 
 # ------------------------------------------------------------------------------ finetune command
@@ -149,6 +156,42 @@ def test_predict_attention_maps_and_resampling(workspace, tmp_path):
     sidecar = json.loads(files.sidecar.read_text())
     assert sidecar["attention_map_channels"] == list(BTCV.foreground_names)
     assert sidecar["resampled_to_mm"] == [12.0, 12.0] and sidecar["variant"] == "mosmos"
+
+
+# ------------------------------------------------------------------------------- one data path
+def test_predict_sees_a_scan_exactly_as_validation_does(workspace):
+    """The network input of predict equals the validation pipeline's image, resampled or not."""
+    case = {"image": str(workspace["cohort"] / "imagesTr" / "phantom_0001_s01.nii.gz"),
+            "label": str(workspace["cohort"] / "labelsTr" / "phantom_0001_s01.nii.gz")}
+    for spacing in [(), (9.0, 9.0), (7.0, 15.0)]:
+        config = FinetuneConfig(spacing=spacing, roi_size=(32, 32))
+        validation = eval_transforms(config, BTCV)(dict(case))["image"]
+        grid = work_grid(load_image(case["image"]), config)
+        np.testing.assert_array_equal(grid.network_input(config.window)[0].numpy(), validation.numpy())
+        assert grid.shape == tuple(validation.shape[1:])
+
+
+def test_test_dice_is_what_predict_and_the_metric_give(workspace):
+    """metrics_slices.csv of a resampling run equals predict_file + organ_metrics on the same files."""
+    run = workspace["resampled"].parent
+    rows = list(csv.DictReader((run / "metrics_slices.csv").open()))
+    test_cases = json.loads((run / "metrics.json").read_text())["split"]["test"]["case_ids"]
+    assert test_cases and {r["case_id"] for r in rows} == set(test_cases)
+    model, config, _ = load_finetuned(workspace["resampled"])
+    assert config.spacing == (9.0, 9.0)
+    checked = 0
+    for case_id in test_cases:
+        image = load_image(workspace["cohort"] / "imagesTr" / f"{case_id}.nii.gz")
+        truth = load_label(workspace["cohort"] / "labelsTr" / f"{case_id}.nii.gz", BTCV, reference=image)
+        predicted, _ = predict_volume(model, image, config)
+        assert predicted.shape == image.shape
+        metrics = organ_metrics(predicted, truth.array, BTCV, spacing=image.spacing)
+        for row in (r for r in rows if r["case_id"] == case_id):
+            expected = float(row["dice"])
+            got = metrics[row["organ"]]["dice"]
+            assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(expected, abs=1e-6), (case_id, row)
+            checked += 1
+    assert checked == len(rows)
 
 
 def test_predict_on_a_2d_slice(workspace, tmp_path):

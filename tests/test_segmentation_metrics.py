@@ -13,6 +13,7 @@ import torch
 from scipy import ndimage
 
 from mosmoskit.evaluation.segmentation import (
+    bootstrap_mean_ci,
     METRIC_COLUMNS,
     hausdorff_distance,
     metrics_table,
@@ -349,3 +350,29 @@ def test_pooling_keeps_patients_apart_and_states_missing_and_false_positive():
     assert pooled["a"]["liver"]["status"] == "absent_both" and math.isnan(pooled["a"]["liver"]["dice"])
     with pytest.raises(ValueError, match="no patient for case"):
         pool_by_group(per_slice, {"a0": "a"})
+
+
+# ------------------------------------------------------------------------- confidence intervals
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_cases():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.8, 0.1, 6), rng.normal(0.8, 0.1, 60)
+    low, high = bootstrap_mean_ci(few)
+    assert low < few.mean() < high
+    assert bootstrap_mean_ci(few) == [low, high]  # seeded: the same interval every time
+    many_low, many_high = bootstrap_mean_ci(many)
+    assert many_high - many_low < (high - low)
+    assert bootstrap_mean_ci(np.array([0.5, np.nan])) == pytest.approx([math.nan] * 2, nan_ok=True)
+    constant = bootstrap_mean_ci(np.full(5, 0.7))
+    assert constant == pytest.approx([0.7, 0.7])
+
+
+def test_summary_carries_per_organ_and_mean_intervals():
+    per_case = {f"c{i}": {"liver": {"dice": d, "hd95": 1.0, "status": "present", "gt_voxels": 9, "pred_voxels": 9},
+                          "adrenal": {"dice": a, "hd95": math.nan, "status": "present" if a == a else "absent_both",
+                                      "gt_voxels": 1 if a == a else 0, "pred_voxels": 1 if a == a else 0}}
+                for i, (d, a) in enumerate([(0.9, 0.2), (0.95, math.nan), (0.85, 0.6), (0.9, 0.4)])}
+    summary = summarize_metrics(per_case)
+    liver, adrenal = summary["organs"]["liver"]["dice_ci95"], summary["organs"]["adrenal"]["dice_ci95"]
+    assert liver[0] <= 0.9 <= liver[1] and 0.2 <= adrenal[0] <= 0.4 <= adrenal[1] <= 0.6
+    low, high = summary["mean_dice_ci95"]
+    assert low <= summary["mean_dice"] <= high

@@ -74,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if ft and ft.get("mean_dice") is not None:
         print(f"\nfine-tuning ({ft['variant']}): test mean Dice {ft['mean_dice']:.3f} over {ft['n_cases']} "
               f"test cases (unit: {ft['unit']})")
+        intervals = ft.get("organs_ci95") or {}
         for organ, dice in ft["organs"].items():
             shown = "-" if dice is None or dice != dice else f"{dice:.3f}"  # NaN / null: nothing to score
-            print(f"  {organ:<30} {shown}")
+            bounds = intervals.get(organ)
+            ci = "" if not bounds or any(b is None or b != b for b in bounds) else \
+                f"  (95% CI {bounds[0]:.3f}-{bounds[1]:.3f})"
+            print(f"  {organ:<30} {shown}{ci}")
     print(f"\nresults table: {args.out}/results.md")
     print(f"figures and files: {args.out}/01_explore/, 02_pretrain/, 03_finetune/, 04_inspect/")
     return 0

@@ -37,7 +37,8 @@ from monai.transforms import Compose, LoadImaged, MapTransform, Orientationd, Sc
 from mosmoskit.data.readers import image_reader, quiet_monai_readers
 from mosmoskit.labels import LabelMap, load_label_map
 
-__all__ = ["CT_SOFT_TISSUE_WINDOW", "CheckLabelsd", "WholeImageMapsd", "ct_intensity_transform", "load_transforms"]
+__all__ = ["CT_SOFT_TISSUE_WINDOW", "CheckLabelsd", "WholeImageMapsd", "ct_intensity_transform", "load_transforms",
+           "resample_transform"]
 
 #: Abdominal soft-tissue window (HU) used for BTCV in the UNETR paper and MONAI's tutorials.
 CT_SOFT_TISSUE_WINDOW: tuple[float, float] = (-175.0, 250.0)
@@ -102,12 +103,43 @@ def load_transforms(
             Orientationd(keys, axcodes=codes, labels=_AXIS_LABELS, allow_missing_keys=allow_missing_keys),
         ]
     if spacing is not None:
-        pixdim = tuple(float(s) for s in spacing)
-        if len(pixdim) not in (2, 3) or not all(np.isfinite(pixdim)) or min(pixdim) <= 0:
-            raise ValueError(f"spacing must be 2 or 3 positive numbers (mm), got {spacing!r}")
-        modes = tuple("nearest" if k in label_keys else "bilinear" for k in keys)
-        chain.append(Spacingd(keys, pixdim=pixdim, mode=modes, allow_missing_keys=allow_missing_keys))
+        chain.append(resample_transform(keys, spacing, label_keys=label_keys, allow_missing_keys=allow_missing_keys))
     return Compose(chain)
+
+
+def resample_transform(
+    keys: str | Sequence[str] = ("image",),
+    spacing: Sequence[float] = (),
+    label_keys: str | Sequence[str] = (),
+    allow_missing_keys: bool = False,
+    keep_last_axis: bool = False,
+):
+    """MONAI ``Spacingd`` to ``spacing`` (mm): linear for images and maps, nearest for masks.
+
+    The one resampling of the kit: training and validation data (:func:`load_transforms`) and
+    :func:`mosmoskit.inference.predict_volume` use it, and prediction goes back to the scan's own
+    grid with its ``inverse``.
+
+    Args:
+        keys: the keys to resample.
+        spacing: target voxel size, one value per spatial axis (2D: two values).
+        label_keys: which of ``keys`` are masks (nearest neighbour).
+        allow_missing_keys: skip keys absent from a sample.
+        keep_last_axis: a 2D ``spacing`` applied to a volume: resample in-plane only and keep the
+            slice spacing (how a 2D network sees a volume slice by slice).
+
+    Raises:
+        ValueError: a spacing that is not 2 or 3 positive numbers.
+    """
+    keys = _keys(keys, "keys")
+    label_keys = _keys(label_keys, "label_keys") if label_keys else ()
+    pixdim = tuple(float(s) for s in spacing)
+    if len(pixdim) not in (2, 3) or not all(np.isfinite(pixdim)) or min(pixdim) <= 0:
+        raise ValueError(f"spacing must be 2 or 3 positive numbers (mm), got {spacing!r}")
+    if keep_last_axis:
+        pixdim = (*pixdim, -1.0)  # MONAI keeps an axis whose target spacing is not positive
+    modes = tuple("nearest" if k in label_keys else "bilinear" for k in keys)
+    return Spacingd(keys, pixdim=pixdim, mode=modes, allow_missing_keys=allow_missing_keys)
 
 
 def ct_intensity_transform(

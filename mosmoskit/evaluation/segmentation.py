@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,9 +53,11 @@ from mosmoskit.io import atomic_write_text
 from mosmoskit.labels import LabelMap, load_label_map
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
     "METRIC_COLUMNS",
     "NEVER_LEARNED_DICE",
     "STATUSES",
+    "bootstrap_mean_ci",
     "hausdorff_distance",
     "metrics_table",
     "organ_metrics",
@@ -304,6 +307,43 @@ def _mean_std(values: list[float], ddof: int) -> tuple[float, float, int]:
     return float(arr.mean()), std, n
 
 
+#: Resamples of the bootstrap confidence intervals, and their fixed seed (the same numbers every run).
+BOOTSTRAP_RESAMPLES = 2000
+_BOOTSTRAP_SEED = 0
+
+
+def bootstrap_mean_ci(values: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES) -> list[float]:
+    """Percentile bootstrap interval of a mean over cases (cases resampled with replacement).
+
+    Args:
+        values: (N,) per-case values, or (N, M) per case and column: the statistic is then the
+            mean over columns of each column's mean over cases (NaN entries left out of each
+            column's mean), as :func:`summarize_metrics`' ``mean_dice`` is made.
+        level: coverage of the interval.
+        resamples: bootstrap resamples (seeded: the interval is the same on every run).
+
+    Returns:
+        ``[low, high]``; ``[nan, nan]`` with fewer than two cases.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[~np.isnan(arr)][:, None]
+    n = arr.shape[0]
+    if n < 2:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    samples = arr[rng.integers(0, n, size=(resamples, n))]  # (R, N, M)
+    finite = ~np.isnan(samples)
+    counts = finite.sum(axis=1)
+    column_means = np.where(counts > 0, np.where(finite, samples, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample in which no column has a value
+        statistic = np.nanmean(column_means, axis=1) if arr.shape[1] > 1 else column_means[:, 0]
+    statistic = statistic[~np.isnan(statistic)]
+    tail = (1.0 - level) / 2.0
+    return [float(np.quantile(statistic, tail)), float(np.quantile(statistic, 1.0 - tail))]
+
+
 def summarize_metrics(
     per_case: Mapping[str, Mapping[str, Mapping[str, Any]]],
     never_learned_dice: float = NEVER_LEARNED_DICE,
@@ -323,12 +363,14 @@ def summarize_metrics(
             statistic rests on ``ddof`` values or fewer).
 
     Returns:
-        ``{"n_cases": int, "organs": {organ: stats}, "mean_dice": float, "mean_hd95": float,
-        "never_learned": int, "never_learned_dice": float}`` where ``stats`` holds
-        ``dice_mean, dice_std, n_dice, hd95_mean, hd95_std, n_hd95, n_present, n_missed,
-        n_false_positive, n_absent_both, n_never_learned`` and ``never_learned_cases`` (sorted case
-        ids). ``mean_dice``/``mean_hd95`` are the means over organs of the per-organ means
-        (organs without any value are skipped). Organs are listed in the order first seen.
+        ``{"n_cases": int, "organs": {organ: stats}, "mean_dice": float, "mean_dice_ci95": [low,
+        high], "mean_hd95": float, "never_learned": int, "never_learned_dice": float}`` where
+        ``stats`` holds ``dice_mean, dice_ci95, dice_std, n_dice, hd95_mean, hd95_std, n_hd95,
+        n_present, n_missed, n_false_positive, n_absent_both, n_never_learned`` and
+        ``never_learned_cases`` (sorted case ids). ``mean_dice``/``mean_hd95`` are the means over
+        organs of the per-organ means (organs without any value are skipped). The ``*_ci95`` are
+        95% percentile-bootstrap intervals over cases (:func:`bootstrap_mean_ci`, seeded).
+        Organs are listed in the order first seen.
 
     Raises:
         ValueError: an empty or malformed ``per_case`` (the message names the case and organ),
@@ -346,7 +388,8 @@ def summarize_metrics(
     stats: dict[str, dict[str, Any]] = {}
     for organ in organs:
         rows = {cid: case[organ] for cid, case in per_case.items() if organ in case}
-        dice_mean, dice_std, n_dice = _mean_std([float(r["dice"]) for r in rows.values()], ddof)
+        dice_values = [float(r["dice"]) for r in rows.values()]
+        dice_mean, dice_std, n_dice = _mean_std(dice_values, ddof)
         hd_mean, hd_std, n_hd = _mean_std([float(r["hd95"]) for r in rows.values()], ddof)
         status_counts = {s: sum(r["status"] == s for r in rows.values()) for s in STATUSES}
         failed = sorted(
@@ -356,6 +399,7 @@ def summarize_metrics(
         )
         stats[organ] = {
             "dice_mean": dice_mean,
+            "dice_ci95": bootstrap_mean_ci(np.asarray(dice_values)),
             "dice_std": dice_std,
             "n_dice": n_dice,
             "hd95_mean": hd_mean,
@@ -367,10 +411,13 @@ def summarize_metrics(
         }
     dice_means = [s["dice_mean"] for s in stats.values() if not math.isnan(s["dice_mean"])]
     hd_means = [s["hd95_mean"] for s in stats.values() if not math.isnan(s["hd95_mean"])]
+    table = np.asarray([[float(case[o]["dice"]) if o in case else np.nan for o in organs]
+                        for case in per_case.values()], dtype=np.float64)
     return {
         "n_cases": len(per_case),
         "organs": stats,
         "mean_dice": float(np.mean(dice_means)) if dice_means else float("nan"),
+        "mean_dice_ci95": bootstrap_mean_ci(table) if dice_means else [float("nan"), float("nan")],
         "mean_hd95": float(np.mean(hd_means)) if hd_means else float("nan"),
         "never_learned": sum(s["n_never_learned"] for s in stats.values()),
         "never_learned_dice": float(never_learned_dice),

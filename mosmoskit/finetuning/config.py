@@ -22,11 +22,13 @@ from dataclasses import dataclass, fields
 
 from mosmoskit.config import check_choice, check_positive
 
-__all__ = ["DEFAULT_LR", "FinetuneConfig", "ROI_DIVISOR", "variant_name"]
+__all__ = ["CLASS_WEIGHTINGS", "DEFAULT_LR", "FinetuneConfig", "ROI_DIVISOR", "variant_name"]
 
 #: Both segmenters need sizes divisible by 16: UNETR's ViT has 16-voxel patches, BasicUNet pools 4 times.
 ROI_DIVISOR = 16
 _FUSION_MODES = ("none", "input", "decoder")
+#: How the cross-entropy weights classes (FinetuneConfig.ce_class_weights).
+CLASS_WEIGHTINGS = ("sqrt_inverse_frequency", "none")
 #: Peak learning rate per network when ``lr`` is 0: measured on the phantoms (README, fine-tuning
 #: section): BasicUNet trains well at 3e-3; UNETR's ViT needs about ten times less.
 DEFAULT_LR = {2: 3e-3, 3: 4e-4}
@@ -69,6 +71,8 @@ class FinetuneConfig:
             ``label_fraction``).
         test_fraction: share of patients held out for testing, in (0, 1). The test set comes from
             ``split_seed`` alone, so it is the same for every label fraction, seed and variant.
+            The defaults (60 phantom patients, 0.25) hold out 15 patients, so one patient moves
+            an organ's mean Dice by at most about 7 points (10 for an organ 10 of them show).
         val_fraction: share of patients held out for validation, in [0, 1). 0 (default): the
             validation Dice is measured on up to ``val_max_cases`` labelled training cases, so no
             extra labels are used; > 0: a fixed validation split that costs labelled patients.
@@ -120,6 +124,13 @@ class FinetuneConfig:
         batch_dice: Dice per organ over all crops of a batch rather than per crop, then averaged
             (nnU-Net's choice). Per crop, a crop that misses a small organ scores that organ's
             Dice 0 for any false positive, which teaches the network to never predict it.
+        ce_class_weights: ``"sqrt_inverse_frequency"`` (default): the cross-entropy weights each
+            class by ``sqrt(most frequent class's voxels / its voxels)``, counted once over the
+            labelled training masks on the training grid
+            (:func:`~mosmoskit.losses.segmentation.frequency_class_weights`; written to
+            ``metrics.json``); ``"none"``: every voxel alike. Without weights the 2D phantom
+            baseline never learned either adrenal (Dice 0.00) and half the esophagus; with them
+            0.8 and 0.7 (README, fine-tuning section).
 
     Optimisation:
         lr: peak learning rate of AdamW; 0 (default) picks the network's: 3e-3 for the 2D U-Net,
@@ -146,7 +157,7 @@ class FinetuneConfig:
 
     dataset: str = "phantom"
     label_map: str = "btcv"
-    phantom_cases: int = 20
+    phantom_cases: int = 60
     phantom_slices_per_case: int = 8
     phantom_shape: tuple[int, ...] = ()
     phantom_spacing: tuple[float, ...] = ()
@@ -157,7 +168,7 @@ class FinetuneConfig:
 
     label_fraction: float = 1.0
     n_labelled: int = 0
-    test_fraction: float = 0.2
+    test_fraction: float = 0.25
     val_fraction: float = 0.0
     val_max_cases: int = 4
     split_seed: int = 0
@@ -180,6 +191,7 @@ class FinetuneConfig:
     cache_rate: float = 1.0
 
     batch_dice: bool = True
+    ce_class_weights: str = "sqrt_inverse_frequency"
 
     max_steps: int = 1500
     batch_size: int = 8
@@ -207,6 +219,7 @@ class FinetuneConfig:
                 object.__setattr__(self, f.name, tuple(value))
         check_choice("spatial_dims", self.spatial_dims, (2, 3))
         check_choice("fusion", self.fusion, _FUSION_MODES)
+        check_choice("ce_class_weights", self.ce_class_weights, CLASS_WEIGHTINGS)
         dims = self.spatial_dims
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be 'phantom' or a folder with a dataset.json, got {self.dataset!r}")

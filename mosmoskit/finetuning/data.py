@@ -55,6 +55,7 @@ __all__ = [
     "FinetuneSplit",
     "cache_memory_bytes",
     "canonical_spacing",
+    "class_voxel_counts",
     "ensure_phantom_cohort",
     "eval_transforms",
     "fusion_map_transform",
@@ -261,6 +262,33 @@ def median_spacing(paths: Sequence[str | Path], ndim: int) -> tuple[float, ...]:
         raise ValueError("median_spacing needs at least one image")
     per_file = [canonical_spacing(p, ndim) for p in paths]
     return tuple(float(statistics.median(s[i] for s in per_file)) for i in range(ndim))
+
+
+def class_voxel_counts(data: FinetuneData, config: FinetuneConfig, progress: bool = False) -> list[int]:
+    """Voxels of each class over the labelled training masks, on the training grid.
+
+    Each mask is read through the training pipeline's own loading and resampling (nearest), so the
+    counts are what the loss sees before cropping. Used for the class weights of the
+    cross-entropy (``config.ce_class_weights``).
+
+    Returns:
+        ``label_map.num_classes`` counts, background first.
+    """
+    from tqdm.auto import tqdm
+
+    from mosmoskit.data.readers import quiet_monai_readers
+    from mosmoskit.data.transforms import load_transforms
+
+    num_classes = data.label_map.num_classes
+    load = load_transforms(("label",), spacing=config.spacing or None, orientation="RAS"[: config.spatial_dims],
+                           label_keys=("label",))
+    counts = np.zeros(num_classes, dtype=np.int64)
+    with quiet_monai_readers():
+        for item in tqdm(data.items(data.split.labelled), desc="counting class voxels", unit="case",
+                         disable=not progress, leave=False):
+            mask = np.asarray(load({"label": item["label"]})["label"]).astype(np.int64).ravel()
+            counts += np.bincount(mask.clip(0, num_classes - 1), minlength=num_classes)[:num_classes]
+    return [int(c) for c in counts]
 
 
 # ----------------------------------------------------------------------------------- pipelines

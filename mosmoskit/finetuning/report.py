@@ -148,7 +148,8 @@ def format_protocol(protocol: Mapping[str, Any]) -> str:
 def format_organ_metrics(metrics: Mapping[str, Any], digits: int = 3, hd_digits: int = 1) -> str:
     """Per-organ test Dice and HD95 (mm), in label-map order, with spread and failure counts.
 
-    Columns: Dice mean and standard deviation over the test cases where the organ is scored,
+    Columns: Dice mean, its 95% bootstrap interval over the test cases and the standard
+    deviation, over the test cases where the organ is scored,
     HD95 mean (mm; missed organs have no HD95 and are counted instead), the number of cases with
     a Dice value, the cases where the organ was ``missed`` and where it was "never learned"
     (present in the ground truth but Dice below ``never_learned_dice``).
@@ -168,23 +169,30 @@ def format_organ_metrics(metrics: Mapping[str, Any], digits: int = 3, hd_digits:
         ValueError: no per-organ summary in ``metrics``.
     """
     summary = _summary(metrics)
-    headers = ["organ", "Dice", "Dice std", "HD95 mm", "cases", "missed", "never learned"]
+    headers = ["organ", "Dice", "95% CI", "Dice std", "HD95 mm", "cases", "missed", "never learned"]
     rows = []
     for organ, s in summary["organs"].items():
-        rows.append([organ, _number(s["dice_mean"]), _number(s["dice_std"]), _number(s["hd95_mean"]), int(s["n_dice"]),
-                     int(s["n_missed"]), int(s["n_never_learned"])])
-    rows.append(["mean", _number(summary["mean_dice"]), None, _number(summary["mean_hd95"]), None, None,
-                 int(summary["never_learned"])])
+        rows.append([organ, _number(s["dice_mean"]), _interval(s.get("dice_ci95"), digits), _number(s["dice_std"]),
+                     _number(s["hd95_mean"]), int(s["n_dice"]), int(s["n_missed"]), int(s["n_never_learned"])])
+    rows.append(["mean", _number(summary["mean_dice"]), _interval(summary.get("mean_dice_ci95"), digits), None,
+                 _number(summary["mean_hd95"]), None, None, int(summary["never_learned"])])
     # format_table has one precision for all floats: HD95 (mm) gets its own, written as right-aligned text.
-    hd = ["n/a" if math.isnan(r[3]) else f"{r[3]:.{hd_digits}f}" for r in rows]
-    width = max(len(headers[3]), *(len(h) for h in hd))
+    hd = ["n/a" if math.isnan(r[4]) else f"{r[4]:.{hd_digits}f}" for r in rows]
+    width = max(len(headers[4]), *(len(h) for h in hd))
     for row, text in zip(rows, hd):
-        row[3] = text.rjust(width)
+        row[4] = text.rjust(width)
     table = format_table(rows, headers, digits=digits)
     threshold = _number(summary.get("never_learned_dice"))
-    note = (f"{summary['n_cases']} test case(s); never learned = in the ground truth but Dice < {threshold:g}; "
-            f"HD95 leaves out missed organs")
+    note = (f"{summary['n_cases']} test case(s); 95% CI: bootstrap over the test cases; never learned = in the "
+            f"ground truth but Dice < {threshold:g}; HD95 leaves out missed organs")
     return f"Held-out test set, per organ\n{table}\n{note}"
+
+
+def _interval(bounds: Any, digits: int) -> str:
+    """``[low, high]`` as ``"low-high"`` text (``"n/a"`` when missing or NaN)."""
+    if not bounds or any(b is None or math.isnan(float(b)) for b in bounds):
+        return "n/a"
+    return f"{float(bounds[0]):.{digits}f}-{float(bounds[1]):.{digits}f}"
 
 
 # ---------------------------------------------------------------------------------------- examples

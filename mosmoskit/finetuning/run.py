@@ -398,6 +398,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     from mosmoskit.device import seed_everything
     from mosmoskit.evaluation.segmentation import pool_by_group, summarize_metrics, write_metrics_csv
     from mosmoskit.finetuning.data import (
+        class_voxel_counts,
         fusion_map_transform,
         make_train_dataset,
         make_val_loader,
@@ -405,6 +406,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         prepare_finetuning_data,
     )
     from mosmoskit.finetuning.task import SegmentationTask
+    from mosmoskit.losses.segmentation import frequency_class_weights
     from mosmoskit.training import Trainer, TrainerConfig
 
     label_map = load_label_map(config.label_map)
@@ -434,6 +436,9 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         label_map.save(out / "label_map.json")
 
     model, report = _build_model(config, label_map, pretrained)
+    class_weights = None
+    if config.ce_class_weights == "sqrt_inverse_frequency":
+        class_weights = frequency_class_weights(class_voxel_counts(data, config, progress=progress and main))
     run_record = {
         "finetune": config_to_dict(config),
         "pretrain": None if pretrained is None else config_to_dict(pretrained.config),
@@ -444,6 +449,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
                                             for k, v in segmenter_options(config).items()}},
         "training_spacing": list(training_spacing),
         "load_report": report.to_dict(),
+        "ce_class_weights": class_weights,
     }
     # Models that fuse maps of a frozen map branch get them made once per whole case, in the cached
     # prefix of the pipeline (before windowing and augmentation), and carried through crops and windows.
@@ -453,7 +459,7 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
     # Only an encoder that pre-training filled has something to keep; a random one learns at lr.
     encoder_pretrained = bool(config.pretrained_checkpoint) and config.init_encoder
     task = SegmentationTask(model, label_map, config.roi_size, config.sw_batch_size, config.sw_overlap,
-                            batch_dice=config.batch_dice,
+                            batch_dice=config.batch_dice, ce_class_weights=class_weights,
                             encoder_lr_scale=config.encoder_lr_scale if encoder_pretrained else 1.0)
     trainer_config = TrainerConfig(
         max_steps=config.max_steps, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -499,7 +505,9 @@ def run_finetuning(config: FinetuneConfig, callbacks: Sequence[Any] = (), progre
         "data": data_record,
         "load_report": report.to_dict(),
         "train": {"steps": int(fit.step), "seconds": round(seconds, 1), "last_validation": dict(fit.metrics),
-                  "training_spacing_mm": list(training_spacing)},
+                  "training_spacing_mm": list(training_spacing),
+                  "ce_class_weights": None if class_weights is None else
+                  {name: round(w, 3) for name, w in zip(label_map.names, class_weights)}},
     }
     atomic_write_text(out / METRICS_NAME, json.dumps(_json_safe(record), indent=1) + "\n")
     return FinetuneResult(

@@ -163,6 +163,8 @@ class SegmentationTask:
         dice_weight, ce_weight: weights of the two loss terms.
         batch_dice: Dice over the whole batch per organ rather than per crop (see
             :class:`~mosmoskit.losses.SegmentationLoss`).
+        ce_class_weights: one cross-entropy weight per class, or None (see
+            :class:`~mosmoskit.losses.SegmentationLoss`).
 
     Example:
         >>> import torch
@@ -186,6 +188,7 @@ class SegmentationTask:
         ce_weight: float = 1.0,
         batch_dice: bool = True,
         encoder_lr_scale: float = 1.0,
+        ce_class_weights: Sequence[float] | None = None,
     ) -> None:
         self.model = model
         self.encoder_lr_scale = float(encoder_lr_scale)
@@ -194,7 +197,7 @@ class SegmentationTask:
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.loss = SegmentationLoss(label_map.num_classes, dice_weight=dice_weight, ce_weight=ce_weight,
-                                      batch=batch_dice)
+                                      batch=batch_dice, ce_class_weights=ce_class_weights)
 
     def parameters_for_optimizer(self) -> list[Any]:
         """All parameters at one rate, or two groups when ``encoder_lr_scale`` != 1: the model's

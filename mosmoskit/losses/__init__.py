@@ -7,7 +7,8 @@
 * :func:`intensity_background_loss`: a free constraint on the tag head's pixels (air, fat and
   bone are no organ), read from the intensities; :func:`intensity_affinity_loss`: neighbouring
   pixels of similar intensity share a class.
-* :class:`SegmentationLoss`: fine-tuning, Dice + cross-entropy as separate terms.
+* :class:`SegmentationLoss`: fine-tuning, Dice + cross-entropy as separate terms
+  (:func:`frequency_class_weights` for a class-weighted cross-entropy).
 
 Example:
     >>> import torch
@@ -21,7 +22,7 @@ Example:
 
 from mosmoskit.losses.background import intensity_affinity_loss, intensity_background_loss
 from mosmoskit.losses.contrastive import ContrastiveLoss
-from mosmoskit.losses.segmentation import SegmentationLoss
+from mosmoskit.losses.segmentation import SegmentationLoss, frequency_class_weights
 from mosmoskit.losses.tags import TAG_ABSENT, TAG_PRESENT, TAG_UNMENTIONED, TagLoss
 
-__all__ = ["ContrastiveLoss", "SegmentationLoss", "intensity_affinity_loss", "intensity_background_loss", "TagLoss", "TAG_ABSENT", "TAG_PRESENT", "TAG_UNMENTIONED"]
+__all__ = ["ContrastiveLoss", "SegmentationLoss", "frequency_class_weights", "intensity_affinity_loss", "intensity_background_loss", "TagLoss", "TAG_ABSENT", "TAG_PRESENT", "TAG_UNMENTIONED"]

@@ -98,8 +98,12 @@ class MosmosPretrainModel(nn.Module):
         missing = [r for r in dict.fromkeys(reports) if r not in self._text_cache]
         if missing:
             with torch.no_grad():
-                for text, vector in zip(missing, self.text_encoder(missing).float()):
-                    self._text_cache[text] = vector.cpu()
+                # One report at a time: in a batch, padding to the longest report changes the
+                # matrix shapes and so the last bits of every vector, and which reports share the
+                # batch that first meets a report depends on when the run started; a run resumed
+                # from a checkpoint would then read other vectors than the uninterrupted run.
+                for text in missing:
+                    self._text_cache[text] = self.text_encoder([text]).float()[0].cpu()
         device = self.text_proj.weight.device
         return torch.stack([self._text_cache[r] for r in reports]).to(device)
 
