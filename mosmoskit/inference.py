@@ -252,7 +252,8 @@ def network_maps(model: nn.Module, volume: Volume, config: Any, grid: WorkGrid |
         return None
     grid = work_grid(volume, config) if grid is None else grid
     hu = grid.hu.as_tensor() if hasattr(grid.hu, "as_tensor") else grid.hu
-    maps, _ = model.whole_image_maps(hu[0].numpy(), device=_model_device(model))
+    spacing = tuple(float(v) for v in grid.hu.pixdim)
+    maps, _ = model.whole_image_maps(hu[0].numpy(), device=_model_device(model), spacing=spacing)
     return grid.slices(maps[None])
 
 

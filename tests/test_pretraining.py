@@ -116,6 +116,50 @@ def test_dataset_rejects_empty_reports(slice_cohort):
         ImageReportDataset(slice_cohort[:1], BTCV, image_size=(64, 64, 64))
 
 
+def test_dataset_reads_through_the_monai_chain_cached_or_not(slice_cohort):
+    """cache_rate only decides what stays in memory: the items are the same, and equal the chain's output."""
+    from mosmoskit.pretraining.data import pair_transforms
+
+    kept = ImageReportDataset(slice_cohort, BTCV, image_size=(48, 80), with_labels=True, cache_rate=1.0)
+    read = ImageReportDataset(slice_cohort, BTCV, image_size=(48, 80), with_labels=True, cache_rate=0.0)
+    for i in range(len(kept)):
+        assert torch.equal(kept[i]["image"], read[i]["image"]) and torch.equal(kept[i]["label"], read[i]["label"])
+    chain = pair_transforms((48, 80), (-175.0, 250.0), BTCV)
+    direct = chain({"image": slice_cohort[1]["image"], "label": slice_cohort[1]["label"]})
+    np.testing.assert_array_equal(kept[1]["image"].numpy(), np.asarray(direct["image"]))
+    # resampled to 12 mm: half the 6 mm grid, centred in the 48 x 80 input, padded with 0 (the window's low end)
+    coarse = ImageReportDataset(slice_cohort[:1], BTCV, image_size=(48, 80), spacing=(12.0, 12.0), cache_rate=0.0)
+    image = coarse[0]["image"][0].numpy()
+    body = np.argwhere(image > 0)
+    assert body[:, 0].max() - body[:, 0].min() < 33 and body[:, 1].max() - body[:, 1].min() < 33
+    assert image[:, :8].max() == 0.0 and image[:, -8:].max() == 0.0
+
+
+def test_whole_image_maps_come_at_the_pre_training_spacing_and_back(slice_cohort):
+    """A model pre-trained at 12 mm sees a 6 mm image at 12 mm; its maps return on the 6 mm grid."""
+    from mosmoskit.data.readers import load_image
+    from mosmoskit.pretraining.maps import whole_image_maps
+
+    class Recorder(torch.nn.Module):
+        def attention_maps(self, image, normalize="max", scale_by_probability=False):
+            self.seen = image
+            k = len(BTCV.foreground_names)
+            return image.repeat(1, k, 1, 1), torch.zeros(image.shape[0], k)
+
+    image = load_image(slice_cohort[0]["image"])
+    model = Recorder()
+    at_12 = PretrainConfig(image_size=(64, 64), spacing=(12.0, 12.0), text_encoder="tiny")
+    maps, _ = whole_image_maps(model, image.array, at_12, spacing=image.spacing)
+    assert maps.shape == (len(BTCV.foreground_names), 64, 64)
+    assert float(maps.amax(dim=(1, 2)).min()) == pytest.approx(1.0)
+    # the 64 x 64 slice at 6 mm became 32 x 32 at 12 mm, centred in the 64 x 64 input
+    resampled = np.argwhere(model.seen[0, 0].numpy() > 0)
+    assert resampled.min() >= 16 and resampled.max() < 48
+    whole, _ = whole_image_maps(model, image.array, at_12, spacing=(12.0, 12.0))  # already at that spacing
+    as_is = np.argwhere(model.seen[0, 0].numpy() > 0)
+    assert whole.shape == maps.shape and np.ptp(as_is[:, 0]) > 1.5 * np.ptp(resampled[:, 0])
+
+
 # ---------------------------------------------------------------------------------------- model/task
 def test_model_task_terms_and_text_cache(tmp_path, slice_cohort):
     from mosmoskit.pretraining.model import build_pretrain_model

@@ -27,7 +27,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,11 +39,32 @@ from mosmoskit.data.readers import image_reader, quiet_monai_readers
 from mosmoskit.labels import LabelMap, load_label_map
 
 __all__ = ["CT_SOFT_TISSUE_WINDOW", "CheckLabelsd", "WholeImageMapsd", "ct_intensity_transform", "load_transforms",
-           "resample_transform"]
+           "resample_transform", "unwrap_transform_errors"]
 
 #: Abdominal soft-tissue window (HU) used for BTCV in the UNETR paper and MONAI's tutorials.
 CT_SOFT_TISSUE_WINDOW: tuple[float, float] = (-175.0, 250.0)
 _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+@contextmanager
+def unwrap_transform_errors() -> Iterator[None]:
+    """Re-raise the error a transform raised instead of MONAI's wrapper around it.
+
+    MONAI's ``Compose`` wraps any error of a transform in ``RuntimeError("applying transform
+    ...")``; the kit's own checks (a mask with values outside the label map, an image of the wrong
+    dimension, an unreadable file) raise errors that name the file and the problem, and a user
+    should see those, with their type.
+    """
+    try:
+        yield
+    except RuntimeError as err:
+        inner: BaseException = err
+        while (isinstance(inner, RuntimeError) and str(inner).startswith("applying transform")
+               and inner.__cause__ is not None):
+            inner = inner.__cause__
+        if inner is err:
+            raise
+        raise inner from None
 
 
 def _keys(keys: str | Sequence[str], what: str) -> tuple[str, ...]:
@@ -305,8 +327,11 @@ class WholeImageMapsd(MapTransform):
         if image.shape[0] != 1:
             raise ValueError(f"sample[{self.image_key!r}] has {image.shape[0]} channels; the pre-trained maps are "
                              f"made from single-channel images")
+        # A MetaTensor knows its voxel size: the maps are then made at the pre-training spacing.
+        spacing = tuple(float(v) for v in image.pixdim) if isinstance(image, MetaTensor) else None
         maps, _ = whole_image_maps(self.model, _to_numpy(image)[0], self.pretrain_config, normalize=self.normalize,
-                                   scale_by_probability=self.scale_by_probability, fit=self.fit, device=self.device)
+                                   scale_by_probability=self.scale_by_probability, fit=self.fit, device=self.device,
+                                   spacing=spacing)
         if isinstance(image, MetaTensor):
             import copy
 

@@ -570,7 +570,7 @@ class MosmosSegmenter(nn.Module):
         return model
 
     def whole_image_maps(
-        self, image: Any, device: torch.device | str | None = None
+        self, image: Any, device: torch.device | str | None = None, spacing: Sequence[float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The maps this model fuses for a whole image (HU), made once at the pre-training geometry.
 
@@ -581,6 +581,8 @@ class MosmosSegmenter(nn.Module):
             image: the whole image in HU without a channel axis: (H, W), (H, W, D), or (H, W, D)
                 axial slices for a 2D model; on the grid the segmenter works on.
             device: where the map branch runs (default: where its weights are).
+            spacing: the image's voxel size (mm), so that a pre-training that resampled its images
+                gets this one at its spacing too (None: taken to be at that spacing already).
 
         Returns:
             maps (K, *image.shape) float32 on the CPU, exactly what ``forward(image, maps)``
@@ -599,7 +601,7 @@ class MosmosSegmenter(nn.Module):
             raise ValueError("whole_image_maps needs the pre-training config (window, image_size): build the model "
                              "with build_segmenter or pass pretrain_config=")
         return whole_image_maps(self.map_model, image, self.pretrain_config, normalize=self.map_normalize,
-                                scale_by_probability=self.scale_by_probability, device=device)
+                                scale_by_probability=self.scale_by_probability, device=device, spacing=spacing)
 
     def _no_precomputed_maps(self) -> str:
         if self.fusion == "none":

@@ -7,6 +7,7 @@ is here, so the copy stored in each checkpoint is enough to rebuild the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,14 @@ class PretrainConfig:
             whole-abdomen volumes something to learn. See
             :attr:`mosmoskit.data.phantom.PhantomConfig.scan_range_prob`. 0: whole volumes.
         val_fraction: share of cases held out (patient-level) for retrieval/tag/localisation metrics.
+        spacing: resample every image to this voxel size (mm, one value per spatial axis) with the
+            MONAI ``Spacingd`` fine-tuning uses, before the window and the crop or pad to
+            ``image_size`` (empty: each file's own spacing). Fine-tuning and ``predict`` then make
+            the maps at this spacing too, whatever spacing they work at.
+        cache_rate: share of the training (and held-out) images kept in memory once loaded, in
+            [0, 1]; the rest are read from disk at every use, so memory does not grow with the
+            cohort (0: nothing kept). A cache that would not fit 80 % of the available host
+            memory is refused before loading, with what to lower.
         image_size: the network input grid; images are centre-cropped/padded to it.
         max_shift: random translation in voxels per axis during training (maps must follow the organ,
             not a fixed position).
@@ -136,6 +145,8 @@ class PretrainConfig:
     phantom_preset: str = "pretraining"
     phantom_scan_range_prob: float = 0.0
     val_fraction: float = 0.2
+    spacing: tuple[float, ...] = ()
+    cache_rate: float = 1.0
     image_size: tuple[int, ...] = (128, 128)
     max_shift: int = 15
     max_rotation_deg: float = 12.0
@@ -200,6 +211,11 @@ class PretrainConfig:
             raise ValueError(f"unet2d downsamples 4 times: image_size {self.image_size} must be divisible by 16")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        if self.spacing and (len(self.spacing) != self.spatial_dims
+                             or not all(math.isfinite(float(v)) and float(v) > 0 for v in self.spacing)):
+            raise ValueError(f"spacing must be empty or {self.spatial_dims} positive numbers (mm), got {self.spacing}")
+        if not 0.0 <= float(self.cache_rate) <= 1.0:
+            raise ValueError(f"cache_rate must be in [0, 1], got {self.cache_rate!r}")
         check_phantom_grid(self.phantom_shape, self.phantom_spacing, self.spatial_dims)
         check_choice("phantom_preset", self.phantom_preset, PHANTOM_PRESETS)
         if not 0.0 <= float(self.phantom_scan_range_prob) <= 1.0:

@@ -8,12 +8,14 @@ tags are used only to *measure* the parser, never to train.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from monai.transforms import Transform
 from torch.utils.data import Dataset
 
 from scipy import ndimage
@@ -27,6 +29,8 @@ __all__ = [
     "Move",
     "center_crop_or_pad",
     "move_image",
+    "pair_cache_bytes",
+    "pair_transforms",
     "tag_mosaics",
     "tags_without_negatives",
     "training_masks",
@@ -169,8 +173,70 @@ def patient_of(case: dict[str, Any]) -> str:
     return str(case.get("parent_case") or case.get("patient_id") or case["case_id"])
 
 
+def pair_transforms(image_size: Sequence[int], window: Sequence[float], label_map: LabelMap | None = None,
+                    spacing: Sequence[float] | None = None) -> Any:
+    """The MONAI chain that brings one pre-training image (and mask) to the network's grid.
+
+    Load (the kit's readers, RAS), resample to ``spacing`` when given
+    (:func:`~mosmoskit.data.transforms.resample_transform`, as fine-tuning does), check the image's
+    dimension and the mask's values, window the HU to [0, 1], then centre-crop or pad to
+    ``image_size`` (padding is 0, the window's low end). The same chain as fine-tuning's up to the
+    window; every step is deterministic, so ``CacheDataset`` may keep its output.
+
+    Args:
+        image_size: the network input grid.
+        window: HU window mapped to [0, 1].
+        label_map: also load, check and fit the ``label`` key (nearest resampling), or None.
+        spacing: voxel size (mm) to resample to, or None (each file's own).
+    """
+    from monai.transforms import Compose, EnsureTyped, ResizeWithPadOrCropd
+
+    from mosmoskit.data.transforms import CheckLabelsd, ct_intensity_transform, load_transforms
+
+    size = tuple(int(s) for s in image_size)
+    keys = ("image", "label") if label_map is not None else ("image",)
+    label_keys = ("label",) if label_map is not None else ()
+    load = load_transforms(keys, spacing=spacing or None, orientation="RAS"[: len(size)], label_keys=label_keys)
+    chain: list[Any] = [*load.transforms, _CheckDimensions(size)]
+    if label_map is not None:
+        chain.append(CheckLabelsd(("label",), label_map))
+    chain += [ct_intensity_transform(window), ResizeWithPadOrCropd(keys, spatial_size=size, mode="constant"),
+              EnsureTyped(keys, track_meta=False)]
+    return Compose(chain)
+
+
+class _CheckDimensions(Transform):
+    """Refuse an image whose dimension is not the network's, naming the file.
+
+    A MONAI ``Transform`` (deterministic), so ``CacheDataset`` caches past it: a plain callable would
+    count as random and stop the cache before the window and the crop.
+    """
+
+    def __init__(self, image_size: Sequence[int]) -> None:
+        self.image_size = tuple(image_size)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        image = data["image"]
+        if image.ndim - 1 != len(self.image_size):
+            source = getattr(image, "meta", {}).get("filename_or_obj", "image")
+            raise ValueError(
+                f"{source}: a {image.ndim - 1}D image, but image_size {self.image_size} is {len(self.image_size)}D "
+                f"(set spatial_dims/image_size to match the data)"
+            )
+        if "label" in data and tuple(data["label"].shape[1:]) != tuple(image.shape[1:]):
+            source = getattr(data["label"], "meta", {}).get("filename_or_obj", "label")
+            raise ValueError(f"{source}: mask grid {tuple(data['label'].shape[1:])} differs from its image's "
+                             f"{tuple(image.shape[1:])}")
+        return data
+
+
+def pair_cache_bytes(n_cases: int, image_size: Sequence[int], with_labels: bool) -> int:
+    """Host memory of ``n_cases`` cached pre-training images (float32) and masks (float32), in bytes."""
+    return int(n_cases) * math.prod(int(s) for s in image_size) * 4 * (2 if with_labels else 1)
+
+
 class ImageReportDataset(Dataset):
-    """Image-report pairs held in memory, with organ tags parsed from the reports.
+    """Image-report pairs read from disk through MONAI, with organ tags parsed from the reports.
 
     Each item is a dict:
 
@@ -180,14 +246,21 @@ class ImageReportDataset(Dataset):
     - ``report``: the report text;
     - ``tags``: float32 tensor (K,) in {1, 0, -1} (present, absent, not mentioned) from the parser;
     - ``case_id``: str;
-    - ``label``: int64 tensor (*image_size) with the same shift, only when ``with_labels`` (for
+    - ``label``: int64 tensor (*image_size) with the same move, only when ``with_labels`` (for
       evaluating attention maps; never used by the pre-training losses).
+
+    Images go through :func:`pair_transforms` (the kit's readers, RAS, optional resampling to
+    ``spacing``, window, centre crop or pad) in a MONAI ``CacheDataset`` that keeps the first
+    ``cache_rate`` share of them in memory once loaded; the others are read from disk at every
+    use, so memory is bounded by ``cache_rate`` rather than growing with the cohort. Only the
+    reports and their tags (text) are held for every case. A cache estimated to need more than 80 %
+    of the available host memory is refused before anything is loaded.
 
     Randomness: the training loop wraps the dataset in
     :class:`~mosmoskit.training.loop.SeededDataset`, which calls :meth:`set_random_state` with a seed
     derived from ``(run seed, epoch, index)`` before each item, so a run resumed mid-epoch sees exactly
     the images an uninterrupted run would. Used on its own (validation), item ``i`` always gets the
-    shift drawn from ``(seed, i)``: a fixed set of shifted images.
+    move drawn from ``(seed, i)``: a fixed set of moved images.
 
     Args:
         cases: dicts with ``case_id``, ``image`` (path) and ``report`` (text); ``label`` (path) if
@@ -196,15 +269,20 @@ class ImageReportDataset(Dataset):
         image_size: network input grid; images are centre-cropped/padded to it.
         window: HU window mapped to [0, 1].
         max_shift: random translation in voxels per axis (0 = off).
-        max_rotation_deg: random in-plane rotation in degrees, uniform in +-this (0 = off).
-        max_scale: random zoom, uniform in 1 +- this (0 = off).
         seed: base seed of the moves.
         with_labels: also load the masks (evaluation of attention maps on phantoms).
-        progress: show a progress bar while loading.
+        progress: show a progress bar while filling the cache.
+        max_rotation_deg: random in-plane rotation in degrees, uniform in +-this (0 = off).
+        max_scale: random zoom, uniform in 1 +- this (0 = off).
+        spacing: resample every image to this voxel size in mm (None: each file's own).
+        cache_rate: share of the cases kept in memory once loaded, in [0, 1].
+        num_workers: threads that fill the cache.
 
     Raises:
-        ValueError: a case without a report, an empty report, an image of another dimension than
-            ``image_size``; the reader's errors (naming the file) pass through.
+        ValueError: a case without a report, an empty report; (when an image is read) an image of
+            another dimension than ``image_size`` or a mask with values outside the label map,
+            naming the file; the reader's errors (naming the file) pass through.
+        ResourceError: the cache would not fit the host memory (lower ``cache_rate``).
     """
 
     def __init__(
@@ -219,7 +297,15 @@ class ImageReportDataset(Dataset):
         progress: bool = False,
         max_rotation_deg: float = 0.0,
         max_scale: float = 0.0,
+        spacing: Sequence[float] | None = None,
+        cache_rate: float = 1.0,
+        num_workers: int = 0,
     ) -> None:
+        from monai.data import CacheDataset
+
+        from mosmoskit import resources
+        from mosmoskit.data.readers import quiet_monai_readers
+        from mosmoskit.data.transforms import unwrap_transform_errors
         from mosmoskit.reports import extract_tags
 
         if not cases:
@@ -232,50 +318,47 @@ class ImageReportDataset(Dataset):
         if self.max_shift < 0 or self.max_rotation_deg < 0 or not 0.0 <= self.max_scale < 1.0:
             raise ValueError(f"moves must be max_shift >= 0, max_rotation_deg >= 0 and max_scale in [0, 1), got "
                              f"{max_shift!r}, {max_rotation_deg!r}, {max_scale!r}")
+        if not 0.0 <= float(cache_rate) <= 1.0:
+            raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate!r}")
         self.seed = int(seed)
         self._next_seed: int | None = None
         self.with_labels = bool(with_labels)
         self.case_ids: list[str] = []
         self.reports: list[str] = []
-        self.images: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
+        items = []
         tags = []
-        iterator = cases
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(cases, desc="loading pairs", leave=False)
-        for case in iterator:
+        for case in cases:
             where = f"case {case.get('case_id', '?')} ({case.get('image', '?')})"
             report = case.get("report")
             if not isinstance(report, str) or not report.strip():
                 raise ValueError(f"{where}: the report is missing or empty")
-            volume = load_image(case["image"])
-            if volume.array.ndim != len(self.image_size):
-                raise ValueError(
-                    f"{case['image']}: a {volume.array.ndim}D image, but image_size {self.image_size} is "
-                    f"{len(self.image_size)}D (set spatial_dims/image_size to match the data)"
-                )
-            low = float(window[0])
-            self.images.append(
-                window_intensity(center_crop_or_pad(volume.array, self.image_size, fill=low), window)
-            )
+            item = {"image": case["image"]}
             if self.with_labels:
                 if not case.get("label"):
                     raise ValueError(f"{where}: with_labels=True but the case has no label file")
-                mask = load_label(case["label"], label_map, reference=volume).array
-                self.labels.append(center_crop_or_pad(mask.astype(np.int64), self.image_size, fill=0))
+                item["label"] = case["label"]
+            items.append(item)
             self.case_ids.append(str(case["case_id"]))
             self.reports.append(report)
             parsed = extract_tags(report, label_map)
             tags.append([parsed[name] for name in label_map.foreground_names])
         self.tags = np.asarray(tags, dtype=np.float32)
+        n_cached = min(len(items), int(len(items) * float(cache_rate)))
+        resources.check_fits(
+            pair_cache_bytes(n_cached, self.image_size, self.with_labels), resources.available_memory()["host_bytes"],
+            what=f"caching {n_cached} of {len(items)} pre-training images in memory (cache_rate={cache_rate})",
+            hint="lower cache_rate (uncached images are read from disk at every use) or free host memory",
+        )
+        transform = pair_transforms(self.image_size, window, label_map if self.with_labels else None, spacing)
+        with quiet_monai_readers(), unwrap_transform_errors():
+            self._store = CacheDataset(items, transform=transform, cache_rate=float(cache_rate),
+                                       num_workers=max(1, int(num_workers)), progress=progress)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.case_ids)
 
     def set_random_state(self, seed: int) -> None:
-        """Seed the shift of the next item (called by the training loop's ``SeededDataset``)."""
+        """Seed the move of the next item (called by the training loop's ``SeededDataset``)."""
         self._next_seed = int(seed)
 
     def shift_of(self, index: int, seed: int | None = None) -> tuple[int, ...]:
@@ -299,18 +382,30 @@ class ImageReportDataset(Dataset):
         scale = float(rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale)) if self.max_scale else 1.0
         return Move(shift, rotation, scale)
 
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Item ``index`` on the network grid before any move: windowed image (*image_size) float32 and
+        mask (*image_size) int64 (None without labels)."""
+        from mosmoskit.data.readers import quiet_monai_readers
+        from mosmoskit.data.transforms import unwrap_transform_errors
+
+        with quiet_monai_readers(), unwrap_transform_errors():
+            loaded = self._store[index]
+        image = np.asarray(loaded["image"], dtype=np.float32)[0]
+        mask = np.asarray(loaded["label"])[0].astype(np.int64) if self.with_labels else None
+        return image, mask
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         move = self.move_of(index, self._next_seed)
         self._next_seed = None
-        image = move_image(self.images[index], move, fill=0.0)
+        image, mask = self.arrays(index)
         item = {
-            "image": torch.from_numpy(image[None]),
+            "image": torch.from_numpy(move_image(image, move, fill=0.0)[None]),
             "report": self.reports[index],
             "tags": torch.from_numpy(self.tags[index]),
             "case_id": self.case_ids[index],
         }
-        if self.with_labels:
-            item["label"] = torch.from_numpy(move_image(self.labels[index], move, fill=0, order=0))
+        if mask is not None:
+            item["label"] = torch.from_numpy(move_image(mask, move, fill=0, order=0))
         return item
 
 
@@ -332,15 +427,26 @@ def tags_without_negatives(tags: np.ndarray, names: Sequence[str], unmentioned: 
     return [name for name, count in zip(names, negative.sum(axis=0)) if count == 0]
 
 
-def training_masks(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int]) -> list[np.ndarray]:
-    """Masks of the training cases, for the fixed-position baseline only (never for training)."""
+def training_masks(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: Sequence[int],
+                   spacing: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Masks of the training cases on the pre-training grid, for the fixed-position baseline only
+    (never for training); empty when a case has no mask. Read through the pre-training chain
+    (:func:`pair_transforms`: RAS, ``spacing``, centre crop or pad to ``size``)."""
+    from monai.transforms import Compose, ResizeWithPadOrCropd
+
+    from mosmoskit.data.readers import quiet_monai_readers
+    from mosmoskit.data.transforms import CheckLabelsd, load_transforms, unwrap_transform_errors
+
+    if not cases or not all(case.get("label") for case in cases):
+        return []
+    size = tuple(int(s) for s in size)
+    load = load_transforms(("label",), spacing=spacing or None, orientation="RAS"[: len(size)], label_keys=("label",))
+    chain = Compose([*load.transforms, CheckLabelsd(("label",), label_map),
+                     ResizeWithPadOrCropd(("label",), spatial_size=size, mode="constant")])
     masks = []
-    for case in cases:
-        if not case.get("label"):
-            return []
-        reference = load_image(case["image"])
-        mask = load_label(case["label"], label_map, reference=reference).array
-        masks.append(center_crop_or_pad(mask.astype(np.int64), size, fill=0))
+    with quiet_monai_readers(), unwrap_transform_errors():
+        for case in cases:
+            masks.append(np.asarray(chain({"label": case["label"]})["label"])[0].astype(np.int64))
     return masks
 
 

@@ -41,13 +41,14 @@ def map_check(
     """
     if not split["val"] or not all(c.get("label") for c in split["val"]):
         return {}
-    masks = training_masks(split["train"], label_map, config.image_size)
+    masks = training_masks(split["train"], label_map, config.image_size, config.spacing or None)
     if not masks:
         return {}
     tag_ids = [label_map.id_of(n) for n in label_map.foreground_names]
     prior = prior_maps(masks, tag_ids)
     moved = ImageReportDataset(split["val"], label_map, config.image_size, window=config.window, seed=_MOVE_SEED,
-                               with_labels=True, **held_out_moves(config.image_size))
+                               with_labels=True, spacing=config.spacing or None, cache_rate=config.cache_rate,
+                               **held_out_moves(config.image_size))
     learned = learned_tags(model, label_map)
     organs = [name for name in large_organs(label_map) if name in learned]
     metrics = evaluate_maps(model, moved, label_map, prior, organs, config.window, device=device, erasure=erasure)
@@ -83,14 +84,15 @@ def map_check_examples(
     """
     if not split["val"] or not all(c.get("label") for c in split["val"]):
         raise ValueError("the held-out cases have no masks: there is nothing to draw the maps against")
-    masks = training_masks(split["train"], label_map, config.image_size)
+    masks = training_masks(split["train"], label_map, config.image_size, config.spacing or None)
     if not masks:
         raise ValueError("the training cases have no masks: the fixed-position prior needs them")
     names = list(label_map.foreground_names)
     tag_ids = [label_map.id_of(name) for name in names]
     learned = learned_tags(model, label_map)
     moved = ImageReportDataset(split["val"][: max(1, int(n))], label_map, config.image_size, window=config.window,
-                               seed=_MOVE_SEED, with_labels=True, **held_out_moves(config.image_size))
+                               seed=_MOVE_SEED, with_labels=True, spacing=config.spacing or None, cache_rate=config.cache_rate,
+                               **held_out_moves(config.image_size))
     items = [moved[i] for i in range(len(moved))]
     images = torch.stack([item["image"] for item in items]).to(device)
     model = model.to(device).eval()

@@ -155,6 +155,7 @@ def whole_image_maps(
     fit: str = "auto",
     device: torch.device | str | None = None,
     batch_size: int = 16,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-tag attention maps of a whole image, computed once at the pre-training geometry.
 
@@ -178,6 +179,11 @@ def whole_image_maps(
             ``config.image_size`` (see the module docstring).
         device: where the model runs (default: the device of its image encoder's parameters).
         batch_size: slices per forward pass for a 2D model on a volume.
+        spacing: the image's voxel size (mm, one value per axis). When the pre-training resampled
+            its images (``config.spacing``), the image is resampled to that spacing first with the
+            same MONAI ``Spacingd`` (a 2D model on a volume: in-plane only), and the maps come back
+            to the image's grid through its inverse (then peak 1 again). None: the image is taken
+            to be at the pre-training spacing already.
 
     Returns:
         ``(maps, probabilities)`` as float32 CPU tensors: maps (K, *image.shape), map k for the
@@ -210,6 +216,10 @@ def whole_image_maps(
             f"a {dims}D pre-trained model cannot make maps of a {array.ndim}D image of shape {array.shape} "
             f"(pass the spatial axes only, no channel axis)"
         )
+    target = tuple(float(v) for v in (getattr(config, "spacing", ()) or ()))
+    resampling = None
+    if target and spacing is not None and any(abs(float(a) - b) > 1e-6 for a, b in zip(spacing, target)):
+        array, resampling = _to_spacing(array, spacing, target, slices)
     windowed = torch.from_numpy(window_intensity(array, config.window))
     inputs = windowed.permute(2, 0, 1)[:, None] if slices else windowed[None, None]  # (N, 1, *spatial)
     shape = tuple(inputs.shape[2:])
@@ -227,17 +237,50 @@ def whole_image_maps(
                 raise ValueError(f"attention_maps returned maps of shape {tuple(maps.shape)} for an input of "
                                  f"{tuple(x.shape)}")
             maps = _resize(_undo_pad_or_crop(maps, resized, pairs), shape)
-            maps = _renormalize(maps.clamp_min(0.0), normalize)
-            probs = torch.sigmoid(logits.float().cpu())
-            if scale_by_probability:
-                maps = maps * probs.reshape(*probs.shape, *([1] * (maps.ndim - 2)))
-            maps_all.append(maps)
-            probs_all.append(probs)
-    maps = torch.cat(maps_all)
-    probs = torch.cat(probs_all)
+            maps_all.append(_renormalize(maps.clamp_min(0.0), normalize))
+            probs_all.append(torch.sigmoid(logits.float().cpu()))
+    maps = torch.cat(maps_all)  # (N, K, *spatial)
+    probs = torch.cat(probs_all)  # (N, K)
+    if resampling is not None:
+        # back to the image's own grid, through the inverse of the resampling (linear)
+        grid = maps.permute(1, 2, 3, 0) if slices else maps[0]  # (K, *spatial)
+        grid = _renormalize(_from_spacing(grid, resampling)[None].clamp_min(0.0), normalize)[0]
+        maps = grid.permute(3, 0, 1, 2) if slices else grid[None]
+    if scale_by_probability:
+        maps = maps * probs.reshape(*probs.shape, *([1] * (maps.ndim - 2)))
     if slices:
         return maps.permute(1, 2, 3, 0).contiguous(), probs.T.contiguous()  # (K, H, W, D), (K, D)
-    return maps[0], probs[0]
+    return maps[0].contiguous(), probs[0]
+
+
+def _to_spacing(array: np.ndarray, spacing: Sequence[float], target: Sequence[float],
+                slices: bool) -> tuple[np.ndarray, Any]:
+    """``array`` (HU, voxel size ``spacing``) resampled to ``target`` with the kit's MONAI resampling;
+    also what :func:`_from_spacing` needs to go back."""
+    from monai.data import MetaTensor
+
+    from mosmoskit.data.transforms import resample_transform
+
+    sizes = [float(v) for v in spacing][: array.ndim]
+    if len(sizes) != array.ndim or min(sizes) <= 0:
+        raise ValueError(f"spacing must give {array.ndim} positive voxel sizes for an image of shape {array.shape}, "
+                         f"got {tuple(spacing)}")
+    affine = np.diag([*sizes, *([1.0] * (3 - len(sizes))), 1.0])
+    transform = resample_transform(("image",), target, keep_last_axis=slices)
+    moved = transform({"image": MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=affine)})["image"]
+    return np.asarray(moved.as_tensor()[0], dtype=np.float32), (transform, moved)
+
+
+def _from_spacing(maps: torch.Tensor, resampling: Any) -> torch.Tensor:
+    """(K, *resampled grid) -> (K, *original grid) through the inverse of :func:`_to_spacing`'s resampling."""
+    import copy
+
+    from monai.data import MetaTensor
+
+    transform, moved = resampling
+    carried = MetaTensor(maps, meta=copy.deepcopy(moved.meta), applied_operations=copy.deepcopy(moved.applied_operations))
+    back = transform.inverse({"image": carried})["image"]
+    return back.as_tensor() if hasattr(back, "as_tensor") else back
 
 
 def map_memory_bytes(num_tags: int, shape: Sequence[int]) -> int:

@@ -116,10 +116,11 @@ def held_out_pairs(
     has_labels = all(c.get("label") for c in split["val"])
     val_ds = ImageReportDataset(split["val"], label_map, config.image_size, window=config.window,
                                 max_shift=config.max_shift, seed=config.seed + 7919, with_labels=has_labels,
-                                progress=progress)
+                                progress=progress, spacing=config.spacing or None, cache_rate=config.cache_rate,
+                                num_workers=config.num_workers)
     baseline = None
     if has_labels:
-        masks = training_masks(split["train"], label_map, config.image_size)
+        masks = training_masks(split["train"], label_map, config.image_size, config.spacing or None)
         baseline = fixed_position_baseline(masks, label_map) if masks else None
     return val_ds, baseline
 
@@ -213,7 +214,8 @@ def run_pretraining(config: PretrainConfig, callbacks: Sequence[Any] = (), progr
     if main:
         atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=1) + "\n")
     label_map.save(out / "label_map.json")
-    common = dict(label_map=label_map, image_size=config.image_size, window=config.window, progress=progress)
+    common = dict(label_map=label_map, image_size=config.image_size, window=config.window, progress=progress,
+                  spacing=config.spacing or None, cache_rate=config.cache_rate, num_workers=config.num_workers)
     train_ds = ImageReportDataset(split["train"], max_shift=config.max_shift, seed=config.seed,
                                   max_rotation_deg=config.max_rotation_deg, max_scale=config.max_scale, **common)
     val_ds, baseline = held_out_pairs(config, split, label_map, progress=progress)
