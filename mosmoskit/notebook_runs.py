@@ -225,9 +225,17 @@ def _read_state(run_dir: Path) -> dict[str, Any] | None:
 def _fine_tuning_rows(metrics_json: Path) -> dict[str, Any] | None:
     if not metrics_json.is_file():
         return None
+    # finetuning.report pulls in torch and MONAI; this module stays light for the command line
+    from mosmoskit.finetuning.report import weak_points
+
     record = json.loads(metrics_json.read_text(encoding="utf-8"))
     test = record.get("test") or {}
+    try:
+        weak = weak_points(record)
+    except ValueError:  # no per-organ summary to read
+        weak = None
     return {
+        "weak_points": weak,
         "mean_dice": test.get("mean_dice"), "mean_hd95": test.get("mean_hd95"), "n_cases": test.get("n_cases"),
         "unit": record.get("test_unit", "image"), "variant": (record.get("protocol") or {}).get("variant"),
         "organs": {o: s.get("dice_mean") for o, s in (test.get("organs") or {}).items()},
@@ -261,6 +269,8 @@ def _results_markdown(state: Mapping[str, Any], run_dir: Path) -> str:
         intervals = ft.get("organs_ci95") or {}
         lines += [f"| {o} | {_fmt(d)} | {_fmt_interval(intervals.get(o))} |" for o, d in ft["organs"].items()]
         lines += [f"| **mean** | **{_fmt(ft['mean_dice'])}** | {_fmt_interval(ft.get('mean_dice_ci95'))} |"]
+        if ft.get("weak_points"):
+            lines += ["", ft["weak_points"]]
     return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,7 @@ from mosmoskit.finetuning.data import canonical_spacing, ensure_phantom_cohort
 from mosmoskit.finetuning.run import read_pretrained
 from mosmoskit.inference import check_spacing, predict_volume
 from mosmoskit.labels import load_label_map
+from mosmoskit.models import build_segmenter
 from mosmoskit.pretraining.config import PretrainConfig
 from mosmoskit.pretraining.model import build_pretrain_model
 from mosmoskit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -311,6 +312,21 @@ def test_pretrained_checkpoint_of_other_dims_or_labels_is_refused(tmp_path, pret
     other_kind = save_checkpoint(tmp_path / "other.pt", state={"model": {}}, config={}, kind="finetune")
     with pytest.raises(ValueError, match="is a 'finetune' checkpoint; fine-tuning starts from a pre-training"):
         read_pretrained(other_kind, config2, BTCV)
+
+
+def test_the_3d_unet_is_chosen_by_name_and_learns_at_the_unet_rate(tmp_path, cohorts):
+    """segmenter="unet3d-seg": a 3D BasicUNet, trained, saved and rebuilt from its checkpoint."""
+    assert FinetuneConfig(spatial_dims=3, roi_size=(32, 32, 32), segmenter="unet3d-seg").learning_rate == 3e-3
+    assert FinetuneConfig(spatial_dims=3, roi_size=(32, 32, 32)).learning_rate == 4e-4  # UNETR
+    with pytest.raises(ValueError, match="segmenter must be one of"):
+        FinetuneConfig(segmenter="unet3d-seg")  # a 2D run
+    config = tiny_config(tmp_path / "run", 3, cohorts[3], segmenter="unet3d-seg", encoder_width=4, lr=0.0)
+    result = run_finetuning(config, progress=False)
+    model, saved, _ = load_finetuned(result.checkpoint)
+    assert saved.segmenter == "unet3d-seg" and type(model.net).__name__ == "BasicUNet"
+    assert model.net.conv_0.conv_0.conv.weight.shape == (4, 1, 3, 3, 3)
+    with pytest.raises(ValueError, match="is not a 2D segmenter"):
+        build_segmenter(2, BTCV, (32, 32), segmenter="unet3d-seg")
 
 
 # --------------------------------------------------------------------------------- the runs

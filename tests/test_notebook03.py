@@ -27,6 +27,7 @@ from mosmoskit.finetuning.report import (  # noqa: E402
     format_protocol,
     format_split,
     prediction_examples,
+    weak_points,
 )
 from mosmoskit.labels import load_label_map  # noqa: E402
 from mosmoskit.viz.metrics import plot_organ_metrics, plot_prediction_grid  # noqa: E402
@@ -148,6 +149,18 @@ def test_format_organ_metrics_lists_every_organ_with_its_failures():
     assert rows["mean"] == ["0.700", "0.600-0.800", "7.6", "1"]
     assert lines[-1].startswith("3 test case(s); 95% CI: bootstrap over the test cases; never learned = in the "
                                 "ground truth but Dice < 0.05")
+
+
+def test_weak_points_names_the_worst_organs_and_how_they_fail():
+    assert weak_points(SUMMARY) == ("Weakest organs: liver 0.50 (1 missed); spleen 0.90. Cases with an organ "
+                                    "missed or predicted where there is none: 1.")
+    hallucinated = {**SUMMARY, "organs": {**SUMMARY["organs"], "spleen": {
+        **SUMMARY["organs"]["spleen"], "n_false_positive": 2, "n_never_learned": 1}}}
+    text = weak_points(hallucinated, worst=1)
+    assert text.startswith("Weakest organs: liver 0.50 (1 missed). Cases with an organ missed or predicted where "
+                           "there is none: 3; a false positive is")
+    assert weak_points({"organs": {"liver": SUMMARY["organs"]["gallbladder"]}}) == \
+        "No organ could be scored on the test set."
 
 
 def test_format_organ_metrics_reads_metrics_json_records_with_nulls():

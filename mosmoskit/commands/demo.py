@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             ci = "" if not bounds or any(b is None or b != b for b in bounds) else \
                 f"  (95% CI {bounds[0]:.3f}-{bounds[1]:.3f})"
             print(f"  {organ:<30} {shown}{ci}")
+        if ft.get("weak_points"):
+            print(f"\n{ft['weak_points']}")
     print(f"\nresults table: {args.out}/results.md")
     print(f"figures and files: {args.out}/01_explore/, 02_pretrain/, 03_finetune/, 04_inspect/")
     return 0

@@ -30,8 +30,11 @@ _FUSION_MODES = ("none", "input", "decoder")
 #: How the cross-entropy weights classes (FinetuneConfig.ce_class_weights).
 CLASS_WEIGHTINGS = ("sqrt_inverse_frequency", "none")
 #: Peak learning rate per network when ``lr`` is 0: measured on the phantoms (README, fine-tuning
-#: section): BasicUNet trains well at 3e-3; UNETR's ViT needs about ten times less.
-DEFAULT_LR = {2: 3e-3, 3: 4e-4}
+#: section): BasicUNet (2D and 3D) trains well at 3e-3; UNETR's ViT needs about ten times less.
+DEFAULT_LR = {"unet2d-seg": 3e-3, "unet3d-seg": 3e-3, "unetr3d": 4e-4}
+#: The segmenter of each dimension when ``segmenter`` is empty (and no checkpoint decides).
+_DEFAULT_NETWORK = {2: "unet2d-seg", 3: "unetr3d"}
+_NETWORKS = {2: ("unet2d-seg",), 3: ("unetr3d", "unet3d-seg")}
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,12 @@ class FinetuneConfig:
         split_seed: seed of the fixed test/validation split; keep it fixed for a study.
 
     Model:
-        spatial_dims: 2 (BasicUNet on axial slices) or 3 (UNETR on volumes).
+        spatial_dims: 2 (BasicUNet on axial slices) or 3 (UNETR, or a 3D BasicUNet, on volumes).
+        segmenter: the network without a pre-trained encoder: ``""`` (default: ``"unet2d-seg"`` in
+            2D, ``"unetr3d"`` in 3D) or ``"unet3d-seg"`` (MONAI's 3D BasicUNet: a convolutional 3D
+            network that learns within a CPU's budget, where UNETR needs a GPU's). With
+            ``pretrained_checkpoint`` the pre-trained encoder decides (``"vit3d"`` -> UNETR) and
+            another value here is refused when the model is built.
         roi_size: the network's input patch (training crops and sliding-window inference); each
             size a multiple of 16. With a pre-trained UNETR it must equal the pre-training
             image_size.
@@ -102,7 +110,7 @@ class FinetuneConfig:
             pass instead of keeping them (less GPU memory for a larger batch or crop, about one
             more ViT forward per step); same results. Ignored in 2D.
         encoder_width: without a pre-trained checkpoint, the network width: BasicUNet's first
-            level (features w, w, 2w, 4w, 8w, w) or UNETR's ViT hidden size (MLP 2w, 4 heads);
+            level (2D or 3D; features w, w, 2w, 4w, 8w, w) or UNETR's ViT hidden size (MLP 2w, 4 heads);
             0 = MONAI's defaults. With a checkpoint the encoder comes from its config: leave 0 or give
             the checkpoint's width (a study then sets one width for random and pre-trained runs);
             another width is refused when the checkpoint is read.
@@ -133,8 +141,9 @@ class FinetuneConfig:
             0.8 and 0.7 (README, fine-tuning section).
 
     Optimisation:
-        lr: peak learning rate of AdamW; 0 (default) picks the network's: 3e-3 for the 2D U-Net,
-            4e-4 for UNETR, whose transformer diverges at the U-Net's rate (:attr:`learning_rate`).
+        lr: peak learning rate of AdamW; 0 (default) picks the network's: 3e-3 for the U-Nets (2D
+            and 3D), 4e-4 for UNETR, whose transformer diverges at the U-Net's rate
+            (:attr:`learning_rate`).
         encoder_lr_scale: a pre-trained segmenter encoder (``init_encoder`` with a checkpoint)
             learns at ``lr * encoder_lr_scale``, the rest at ``lr``; the usual way to keep what
             pre-training put there. 1 (default): one rate. A random encoder always learns at ``lr``,
@@ -174,6 +183,7 @@ class FinetuneConfig:
     split_seed: int = 0
 
     spatial_dims: int = 2
+    segmenter: str = ""
     roi_size: tuple[int, ...] = (96, 96)
     pretrained_checkpoint: str = ""
     fusion: str = "none"
@@ -220,6 +230,8 @@ class FinetuneConfig:
         check_choice("spatial_dims", self.spatial_dims, (2, 3))
         check_choice("fusion", self.fusion, _FUSION_MODES)
         check_choice("ce_class_weights", self.ce_class_weights, CLASS_WEIGHTINGS)
+        if self.segmenter:
+            check_choice("segmenter", self.segmenter, _NETWORKS[self.spatial_dims])
         dims = self.spatial_dims
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be 'phantom' or a folder with a dataset.json, got {self.dataset!r}")
@@ -288,11 +300,17 @@ class FinetuneConfig:
             raise ValueError(f"output_dir must be a non-empty folder path, got {self.output_dir!r}")
 
     @property
+    def network(self) -> str:
+        """The segmenter this config asks for without a checkpoint: ``segmenter`` or the dimension's default
+        (a pre-trained ``"vit3d"`` encoder always builds ``"unetr3d"``, ``"unet2d"`` ``"unet2d-seg"``)."""
+        return self.segmenter or _DEFAULT_NETWORK[self.spatial_dims]
+
+    @property
     def learning_rate(self) -> float:
         """The peak learning rate used: ``lr``, or the network's default when ``lr`` is 0."""
         if self.lr:
             return float(self.lr)
-        return DEFAULT_LR[self.spatial_dims]
+        return DEFAULT_LR[self.network]
 
     @property
     def uses_pretrained(self) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "format_protocol",
     "format_split",
     "prediction_examples",
+    "weak_points",
 ]
 
 #: The parts of a split, in the order they are shown, with what each one is for.
@@ -186,6 +187,41 @@ def format_organ_metrics(metrics: Mapping[str, Any], digits: int = 3, hd_digits:
     note = (f"{summary['n_cases']} test case(s); 95% CI: bootstrap over the test cases; never learned = in the "
             f"ground truth but Dice < {threshold:g}; HD95 leaves out missed organs")
     return f"Held-out test set, per organ\n{table}\n{note}"
+
+
+def weak_points(metrics: Mapping[str, Any], worst: int = 3) -> str:
+    """One sentence of what the network still gets wrong, read from the test summary.
+
+    Names the ``worst`` organs by mean Dice with their test cases that went wrong: missed (in the
+    ground truth, nothing predicted), false positive (predicted in a case that does not have the
+    organ: Dice 0 for that case) and found but below the never-learned Dice.
+
+    Args:
+        metrics: ``FinetuneResult.metrics`` or a whole metrics.json record.
+        worst: how many organs to name.
+
+    Returns:
+        The sentence (it says so when no organ has a failed case).
+    """
+    summary = _summary(metrics)
+    scored = [(organ, _number(s["dice_mean"]), s) for organ, s in summary["organs"].items()
+              if not math.isnan(_number(s["dice_mean"]))]
+    if not scored:
+        return "No organ could be scored on the test set."
+    parts = []
+    for organ, dice, s in sorted(scored, key=lambda row: row[1])[: max(1, int(worst))]:
+        missed, false_positive = int(s.get("n_missed") or 0), int(s.get("n_false_positive") or 0)
+        barely = int(s.get("n_never_learned") or 0) - missed  # present, found, but Dice below the threshold
+        threshold = _number(summary.get("never_learned_dice"))
+        failures = [text for count, text in ((missed, f"{missed} missed"),
+                                             (false_positive, f"{false_positive} false positive"),
+                                             (barely, f"{barely} with Dice < {threshold:g}")) if count > 0]
+        parts.append(f"{organ} {dice:.2f}" + (f" ({', '.join(failures)})" if failures else ""))
+    failed = sum(int(s.get("n_missed") or 0) + int(s.get("n_false_positive") or 0) for _, _, s in scored)
+    tail = ("; a false positive is an organ predicted in a test case that does not have it, which scores Dice 0 "
+            "for that case" if any(int(s.get("n_false_positive") or 0) for _, _, s in scored) else "")
+    return (f"Weakest organs: {'; '.join(parts)}. Cases with an organ missed or predicted where there is none: "
+            f"{failed}{tail}.")
 
 
 def _interval(bounds: Any, digits: int) -> str:

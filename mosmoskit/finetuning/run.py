@@ -240,11 +240,12 @@ def segmenter_options(config: FinetuneConfig) -> dict[str, Any]:
     # With a checkpoint the encoder's width is the checkpoint's (read_pretrained checked that an
     # explicit encoder_width equals it), so only the decoder width is an option.
     w = 0 if config.pretrained_checkpoint else config.encoder_width
-    if w and config.spatial_dims == 2:
+    unetr = config.network == "unetr3d"
+    if w and not unetr:
         options["features"] = (w, w, 2 * w, 4 * w, 8 * w, w)
     elif w:
         options.update(hidden_size=w, mlp_dim=2 * w, num_heads=4 if w % 4 == 0 else 1)
-    if config.decoder_width and config.spatial_dims == 3:
+    if config.decoder_width and unetr:
         options["feature_size"] = config.decoder_width
     return options
 
@@ -269,7 +270,7 @@ def _build_model(
         share_encoder=config.share_encoder, gradient_checkpointing=config.gradient_checkpointing,
         pretrain_label_map=pretrain_label_map, segmenter_options=segmenter_options(config) or None,
         architecture_only=architecture_only and has_pretraining and config.uses_pretrained,
-        text_dim=text_dim if architecture_only else None,
+        text_dim=text_dim if architecture_only else None, segmenter=config.segmenter,
     )
 
 

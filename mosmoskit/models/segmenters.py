@@ -1,10 +1,13 @@
 """Segmentation networks for fine-tuning, with pixel-tag attention-map fusion (DESIGN.md section 2).
 
-Two registered segmenters (kind ``"segmenter"``), one per network family the method is validated on:
+Three registered segmenters (kind ``"segmenter"``):
 
-- ``"unetr3d"``: MONAI's ``UNETR``, whose ``vit`` is exactly the pre-training ``"vit3d"`` encoder;
+- ``"unetr3d"``: MONAI's ``UNETR``, whose ``vit`` is exactly the pre-training ``"vit3d"`` encoder
+  (the method's 3D network; the GPU recipe);
 - ``"unet2d-seg"``: MONAI's 2D ``BasicUNet``, whose ``conv_0``/``down_*`` blocks are exactly the
-  pre-training ``"unet2d"`` encoder.
+  pre-training ``"unet2d"`` encoder;
+- ``"unet3d-seg"``: MONAI's 3D ``BasicUNet``, a convolutional 3D network that learns on a CPU
+  where UNETR's transformer needs a GPU's steps (chosen with ``segmenter="unet3d-seg"``).
 
 ``MosmosSegmenter`` wraps one of them with the pre-trained organ-tag head and fuses its maps
 (``fusion.py``): at the input (``"input"``), before the 1x1 output head (``"decoder"``), or not at
@@ -78,6 +81,7 @@ from mosmoskit.models.tag_head import MAP_NORMALIZATIONS, TagHead
 __all__ = [
     "DEFAULT_SEGMENTERS",
     "SEGMENTER_FOR_ENCODER",
+    "SEGMENTER_DIMS",
     "UNETR_SKIP_BLOCKS",
     "LoadReport",
     "LoadedPart",
@@ -85,6 +89,7 @@ __all__ = [
     "build_segmenter",
     "segmenter_kwargs_for_encoder",
     "unet2d_seg",
+    "unet3d_seg",
     "unetr3d",
 ]
 
@@ -100,11 +105,15 @@ BASIC_UNET_SIZE_DIVISOR = 2 ** (len(BASIC_UNET_LEVELS) - 1)
 SEGMENTER_FOR_ENCODER: dict[str, str] = {"vit3d": "unetr3d", "unet2d": "unet2d-seg"}
 #: the segmenter used without a pre-training config, per spatial dimension
 DEFAULT_SEGMENTERS: dict[int, str] = {3: "unetr3d", 2: "unet2d-seg"}
+#: every segmenter that can be asked for by name, with its spatial dimension
+SEGMENTER_DIMS: dict[str, int] = {"unetr3d": 3, "unet2d-seg": 2, "unet3d-seg": 3}
 
 # Per registered segmenter: the top-level blocks that are the pre-training encoder, and the
 # multiple every spatial size must be (ViT patches; BasicUNet's four poolings).
-_ENCODER_BLOCKS: dict[str, tuple[str, ...]] = {"unetr3d": ("vit",), "unet2d-seg": BASIC_UNET_LEVELS}
-_SIZE_DIVISOR: dict[str, int] = {"unetr3d": UNETR_PATCH_SIZE, "unet2d-seg": BASIC_UNET_SIZE_DIVISOR}
+_ENCODER_BLOCKS: dict[str, tuple[str, ...]] = {"unetr3d": ("vit",), "unet2d-seg": BASIC_UNET_LEVELS,
+                                               "unet3d-seg": BASIC_UNET_LEVELS}
+_SIZE_DIVISOR: dict[str, int] = {"unetr3d": UNETR_PATCH_SIZE, "unet2d-seg": BASIC_UNET_SIZE_DIVISOR,
+                                 "unet3d-seg": BASIC_UNET_SIZE_DIVISOR}
 
 # Names of the parts a LoadReport lists.
 PART_SEGMENTER_ENCODER = "segmenter encoder"
@@ -198,6 +207,43 @@ def unet2d_seg(
     """
     return BasicUNet(
         spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=tuple(features),
+        act=act,
+        norm=norm,
+        bias=bias,
+        dropout=dropout,
+        upsample=upsample,
+    )
+
+
+@register_model("unet3d-seg", kind="segmenter", test_kwargs={"out_channels": 3, "features": (4, 4, 8, 8, 16, 4)})
+def unet3d_seg(
+    *,
+    out_channels: int,
+    in_channels: int = 1,
+    features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+    act: str | tuple = _BASIC_UNET_ACT,
+    norm: str | tuple = "batch",
+    bias: bool = True,
+    dropout: float = 0.0,
+    upsample: str = "deconv",
+) -> BasicUNet:
+    """MONAI's 3D ``BasicUNet``: the same blocks as ``"unet2d-seg"`` in three dimensions.
+
+    Args:
+        out_channels: classes including background (``label_map.num_classes``).
+        in_channels: input channels (image channels, plus K maps for input fusion).
+        features: five encoder widths and the last decoder width, as in ``BasicUNet``.
+        act, norm, bias, dropout, upsample: as in ``BasicUNet``.
+
+    Returns:
+        ``BasicUNet`` mapping (B, in_channels, H, W, D) to logits (B, out_channels, H, W, D), each
+        size a multiple of 16.
+    """
+    return BasicUNet(
+        spatial_dims=3,
         in_channels=in_channels,
         out_channels=out_channels,
         features=tuple(features),
@@ -824,6 +870,7 @@ def build_segmenter(
     text_dim: int | None = None,
     share_encoder: bool = False,
     gradient_checkpointing: bool = False,
+    segmenter: str = "",
 ) -> tuple[MosmosSegmenter, LoadReport]:
     """Build a fine-tuning segmenter (any baseline or MOSMOS variant) and load what it needs.
 
@@ -860,6 +907,9 @@ def build_segmenter(
             state dict afterwards); needs ``pretrain_config`` instead of a state.
         text_dim: with ``architecture_only``, the width of the tag head's text query embedding
             (``tag_head.query_text``) if the pre-trained head had one; read from the state otherwise.
+        segmenter: the registered segmenter to build without a pre-trained encoder (``""``: the
+            default of ``spatial_dims``, :data:`DEFAULT_SEGMENTERS`); with one it must be the
+            encoder's own (``"unetr3d"`` for ``"vit3d"``, ...).
 
     Returns:
         (model, report): the ``MosmosSegmenter`` and a ``LoadReport`` of the tensors loaded per part.
@@ -951,8 +1001,14 @@ def build_segmenter(
                     f"{tuple(encoder.img_size)} and use sliding-window inference for larger volumes"
                 )
             kwargs["img_size"] = roi
+        if segmenter and segmenter != name:
+            raise ValueError(f"segmenter {segmenter!r} was asked, but the pre-trained encoder "
+                             f"{type(encoder).__name__} builds {name!r}")
     else:
-        name = DEFAULT_SEGMENTERS[spatial_dims]
+        name = segmenter or DEFAULT_SEGMENTERS[spatial_dims]
+        if SEGMENTER_DIMS.get(name) != spatial_dims:
+            known = [n for n, d in SEGMENTER_DIMS.items() if d == spatial_dims]
+            raise ValueError(f"segmenter {name!r} is not a {spatial_dims}D segmenter; {spatial_dims}D: {known}")
         kwargs = {"in_channels": in_channels, **({"img_size": roi} if name == "unetr3d" else {})}
     divisor = _SIZE_DIVISOR[name]
     if any(s % divisor for s in roi):
