@@ -11,10 +11,9 @@ map on the same grid:
    validation; the class probabilities come back to the scan's own grid through MONAI's
    inverse of that resampling, before the argmax;
 2. **spacing.** If the run kept each file's spacing (``config.spacing`` empty), nothing is
-   resampled: the network only ever saw
-   voxels of the training spacing, so a scan whose spacing differs from it by more than
-   ``spacing_tolerance`` (relative, any axis; 2D models: in-plane axes only) is reported as
-   ``on_spacing_mismatch`` says: ``"warn"`` (default: segment anyway, with a warning that says
+   resampled: the network only ever saw voxels of the training spacing, so a scan whose spacing
+   differs from it by more than ``spacing_tolerance`` (relative, any axis; 2D models: in-plane
+   axes only) is reported as ``on_spacing_mismatch`` says: ``"warn"`` (default: segment anyway, with a warning that says
    which field to set), ``"raise"`` (a ``ValueError``) or ``"ignore"``. Orientation never needs
    such care: every reader reorients to RAS, and :func:`~mosmoskit.data.readers.save_like` writes
    the labels back in the file's own orientation;

@@ -15,13 +15,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Transform
+from monai.data import CacheDataset
+from monai.transforms import Compose, EnsureTyped, ResizeWithPadOrCropd, Transform
 from torch.utils.data import Dataset
 
 from scipy import ndimage
 
+from mosmoskit import resources
 from mosmoskit.data.datalists import CaseList, load_dataset, split_cases
-from mosmoskit.data.readers import load_image, load_label
+from mosmoskit.data.readers import quiet_monai_readers
+from mosmoskit.data.transforms import (
+    CheckLabelsd,
+    ct_intensity_transform,
+    load_transforms,
+    unwrap_transform_errors,
+)
 from mosmoskit.labels import LabelMap, load_label_map
 
 __all__ = [
@@ -189,10 +197,6 @@ def pair_transforms(image_size: Sequence[int], window: Sequence[float], label_ma
         label_map: also load, check and fit the ``label`` key (nearest resampling), or None.
         spacing: voxel size (mm) to resample to, or None (each file's own).
     """
-    from monai.transforms import Compose, EnsureTyped, ResizeWithPadOrCropd
-
-    from mosmoskit.data.transforms import CheckLabelsd, ct_intensity_transform, load_transforms
-
     size = tuple(int(s) for s in image_size)
     keys = ("image", "label") if label_map is not None else ("image",)
     label_keys = ("label",) if label_map is not None else ()
@@ -301,11 +305,6 @@ class ImageReportDataset(Dataset):
         cache_rate: float = 1.0,
         num_workers: int = 0,
     ) -> None:
-        from monai.data import CacheDataset
-
-        from mosmoskit import resources
-        from mosmoskit.data.readers import quiet_monai_readers
-        from mosmoskit.data.transforms import unwrap_transform_errors
         from mosmoskit.reports import extract_tags
 
         if not cases:
@@ -385,9 +384,6 @@ class ImageReportDataset(Dataset):
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Item ``index`` on the network grid before any move: windowed image (*image_size) float32 and
         mask (*image_size) int64 (None without labels)."""
-        from mosmoskit.data.readers import quiet_monai_readers
-        from mosmoskit.data.transforms import unwrap_transform_errors
-
         with quiet_monai_readers(), unwrap_transform_errors():
             loaded = self._store[index]
         image = np.asarray(loaded["image"], dtype=np.float32)[0]
@@ -432,11 +428,6 @@ def training_masks(cases: Sequence[dict[str, Any]], label_map: LabelMap, size: S
     """Masks of the training cases on the pre-training grid, for the fixed-position baseline only
     (never for training); empty when a case has no mask. Read through the pre-training chain
     (:func:`pair_transforms`: RAS, ``spacing``, centre crop or pad to ``size``)."""
-    from monai.transforms import Compose, ResizeWithPadOrCropd
-
-    from mosmoskit.data.readers import quiet_monai_readers
-    from mosmoskit.data.transforms import CheckLabelsd, load_transforms, unwrap_transform_errors
-
     if not cases or not all(case.get("label") for case in cases):
         return []
     size = tuple(int(s) for s in size)
