@@ -17,9 +17,11 @@ map on the same grid:
    which field to set), ``"raise"`` (a ``ValueError``) or ``"ignore"``. Orientation never needs
    such care: every reader reorients to RAS, and :func:`~mosmoskit.data.readers.save_like` writes
    the labels back in the file's own orientation;
-3. a 3D network slides a window of ``config.roi_size`` over the volume (MONAI
-   ``sliding_window_inference``, Gaussian-weighted overlap); a 2D network segments the axial
-   slices (axis 2 in RAS) one batch of slices at a time, each with a sliding window in-plane.
+3. a 3D network slides a window of ``config.roi_size`` over the volume (MONAI's
+   ``sliding_window_inference``, Gaussian-weighted overlap, through
+   :func:`~mosmoskit.finetuning.task.sliding_window`, the call validation makes); a 2D network
+   segments the axial slices (axis 2 in RAS) one batch of slices at a time, each with a sliding
+   window in-plane.
    A segmenter that fuses precomputed maps (``MosmosSegmenter.precomputed_maps``) gets the maps
    of the whole scan first, made once on the HU scan at the work grid and at the pre-training
    geometry (:meth:`MosmosSegmenter.whole_image_maps`, exactly as fine-tuning's training and
@@ -271,9 +273,8 @@ def _sliding(
     ``reduce`` (e.g. an argmax over classes) is applied to each chunk of slices before the chunks
     are joined, so a 2D model on a large volume never holds all class probabilities at once.
     """
-    from monai.inferers import sliding_window_inference
-
     from mosmoskit.device import autocast, resolve_amp
+    from mosmoskit.finetuning.task import sliding_window
 
     out_device = torch.device("cpu") if accumulate_on_cpu else model_device
     # The input stays on the CPU when the output does: MONAI moves each window to sw_device.
@@ -283,12 +284,9 @@ def _sliding(
         # A 2D model on a volume: sw_batch_size slices at a time bounds the memory of the output.
         step = max(1, sw_batch_size) if x.shape[0] > 1 else 1
         for start in range(0, x.shape[0], step):
-            out = sliding_window_inference(
-                x[start:start + step], roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size,
-                predictor=lambda w: predictor(w).float(), overlap=overlap, mode="gaussian",
-                sw_device=model_device, device=out_device,
-            )
-            out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
+            # validation's sliding window, on a chunk of slices (or the one volume)
+            out = sliding_window(lambda w: predictor(w).float(), x[start:start + step], roi_size, sw_batch_size,
+                                 overlap, sw_device=model_device, device=out_device).float()
             chunks.append((out if reduce is None else reduce(out)).cpu())
     return torch.cat(chunks)
 

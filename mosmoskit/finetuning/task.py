@@ -29,6 +29,7 @@ __all__ = [
     "check_maps_given",
     "map_predictor",
     "per_class_dice",
+    "sliding_window",
     "sliding_window_probabilities",
     "split_maps",
     "with_maps",
@@ -110,6 +111,36 @@ def check_maps_given(model: nn.Module, maps: Any, what: str) -> None:
         )
 
 
+def sliding_window(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    roi_size: Sequence[int],
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    sw_device: torch.device | str | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The kit's one sliding window: MONAI's, Gaussian-weighted, used by validation and ``predict`` alike.
+
+    Args:
+        predictor: maps (N, C_in, *roi_size) windows to (N, C_out, *roi_size) outputs.
+        x: (B, C_in, *spatial), any spatial size (padded to ``roi_size`` where smaller).
+        roi_size, sw_batch_size, overlap: the window, windows per call, overlap in [0, 1).
+        sw_device: where windows are computed (default: ``x``'s device).
+        device: where the output is accumulated (default: ``x``'s device).
+
+    Returns:
+        (B, C_out, *spatial) plain tensor on ``device``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    out = sliding_window_inference(
+        x, roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
+        overlap=overlap, mode="gaussian", sw_device=sw_device, device=device,
+    )
+    return out.as_tensor() if hasattr(out, "as_tensor") else out
+
+
 def sliding_window_probabilities(
     model: nn.Module,
     image: torch.Tensor,
@@ -120,7 +151,7 @@ def sliding_window_probabilities(
     device: torch.device | str | None = None,
     maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities of a whole image, averaged over overlapping windows (MONAI).
+    """Softmax probabilities of a whole image, averaged over overlapping windows (:func:`sliding_window`).
 
     Args:
         model: maps (N, C_in, *roi_size) [and maps (N, K, *roi_size)] to logits (N, C, *roi_size).
@@ -137,19 +168,13 @@ def sliding_window_probabilities(
     Returns:
         (B, C, *spatial) float32 probabilities on ``device``.
     """
-    from monai.inferers import sliding_window_inference
-
     x, channels = with_maps(image, maps)
     logits = map_predictor(model, channels)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits(window).float(), dim=1)
 
-    out = sliding_window_inference(
-        x, roi_size=tuple(int(s) for s in roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
-        overlap=overlap, mode="gaussian", sw_device=sw_device, device=device,
-    )
-    return out.as_tensor() if hasattr(out, "as_tensor") else out
+    return sliding_window(predictor, x, roi_size, sw_batch_size, overlap, sw_device=sw_device, device=device)
 
 
 class SegmentationTask:
