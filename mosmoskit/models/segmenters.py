@@ -205,17 +205,7 @@ def unet2d_seg(
         ``BasicUNet`` mapping (B, in_channels, H, W) to logits (B, out_channels, H, W), H and W
         multiples of 16.
     """
-    return BasicUNet(
-        spatial_dims=2,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        features=tuple(features),
-        act=act,
-        norm=norm,
-        bias=bias,
-        dropout=dropout,
-        upsample=upsample,
-    )
+    return _basic_unet(2, in_channels, out_channels, features, act, norm, bias, dropout, upsample)
 
 
 @register_model("unet3d-seg", kind="segmenter", test_kwargs={"out_channels": 3, "features": (4, 4, 8, 8, 16, 4)})
@@ -242,17 +232,14 @@ def unet3d_seg(
         ``BasicUNet`` mapping (B, in_channels, H, W, D) to logits (B, out_channels, H, W, D), each
         size a multiple of 16.
     """
-    return BasicUNet(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        features=tuple(features),
-        act=act,
-        norm=norm,
-        bias=bias,
-        dropout=dropout,
-        upsample=upsample,
-    )
+    return _basic_unet(3, in_channels, out_channels, features, act, norm, bias, dropout, upsample)
+
+
+def _basic_unet(spatial_dims: int, in_channels: int, out_channels: int, features: Sequence[int], act: Any,
+                norm: Any, bias: bool, dropout: float, upsample: str) -> BasicUNet:
+    """MONAI's ``BasicUNet`` with the arguments of ``"unet2d-seg"`` / ``"unet3d-seg"``."""
+    return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                     features=tuple(features), act=act, norm=norm, bias=bias, dropout=dropout, upsample=upsample)
 
 
 def segmenter_kwargs_for_encoder(encoder: ImageEncoder) -> tuple[str, dict[str, Any]]:
