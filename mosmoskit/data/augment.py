@@ -23,7 +23,7 @@ The pipeline works on loaded, channel-first samples ``{"image": (C, *spatial), "
 :class:`~mosmoskit.data.transforms.CheckLabelsd` and the intensity window.
 
 Pre-trained attention maps (``map_key``, usually ``"maps"``: K channels, channel k for the k-th
-foreground organ, made by :class:`~mosmoskit.data.transforms.WholeImageMapsd` on the whole image)
+foreground organ, made by :class:`~mosmoskit.pretraining.maps.WholeImageMapsd` on the whole image)
 travel with the image: they are padded, cropped, rotated and scaled (linear interpolation) and
 flipped exactly as the image; a left-right mirror also exchanges the channels of every left/right
 pair, as it exchanges their label ids. Intensity changes never touch them.
@@ -499,7 +499,7 @@ def segmentation_train_transforms(
         image_key, label_key: sample keys of the image ``(C, *spatial)`` and of the integer mask
             ``(1, *spatial)``.
         map_key: the key of pre-trained attention maps ``(K, *spatial)`` made on the whole image
-            (:class:`~mosmoskit.data.transforms.WholeImageMapsd`), or None. They get every
+            (:class:`~mosmoskit.pretraining.maps.WholeImageMapsd`), or None. They get every
             spatial transform of the image (linear interpolation, zeros outside), their left/right
             channels are exchanged by a left-right mirror, and no intensity transform.
         **options: any other field of :class:`AugmentConfig` (``flip_prob``,

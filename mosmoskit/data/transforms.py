@@ -9,9 +9,9 @@ Built by functions with explicit arguments, so that a notebook or config names e
 * :class:`CheckLabelsd`: validate masks against a label map, failing with the *file name* (and
   converting MMWHS/BraTS raw values to ids), so a bad mask stops the run at its first batch with a
   message that says which file to fix;
-* :class:`WholeImageMapsd`: the pre-trained pixel-tag attention maps of the whole image (in HU,
-  before the intensity window), stored as K channels under ``"maps"`` that every later spatial
-  transform moves with the image.
+* the pre-trained attention maps of the whole image (in HU, before the intensity window), stored as
+  K channels under ``"maps"`` that every later spatial transform moves with the image, are
+  :class:`mosmoskit.pretraining.maps.WholeImageMapsd`: it lives with pre-training, above this module.
 
 Example:
     >>> from monai.transforms import Compose
@@ -38,7 +38,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform, Orientationd, Sc
 from mosmoskit.data.readers import image_reader, quiet_monai_readers
 from mosmoskit.labels import LabelMap, load_label_map
 
-__all__ = ["CT_SOFT_TISSUE_WINDOW", "CheckLabelsd", "WholeImageMapsd", "ct_intensity_transform", "load_transforms",
+__all__ = ["CT_SOFT_TISSUE_WINDOW", "CheckLabelsd", "ct_intensity_transform", "load_transforms",
            "resample_transform", "unwrap_transform_errors"]
 
 #: Abdominal soft-tissue window (HU) used for BTCV in the UNETR paper and MONAI's tutorials.
@@ -264,77 +264,3 @@ def _like(value: Any, array: np.ndarray) -> Any:
     if isinstance(value, torch.Tensor):
         return torch.as_tensor(array, dtype=value.dtype, device=value.device)
     return array.astype(np.asarray(value).dtype, copy=False)
-
-
-class WholeImageMapsd(MapTransform):
-    """Dictionary transform: the pre-trained attention maps of the whole image, as K channels.
-
-    Calls :func:`mosmoskit.pretraining.maps.whole_image_maps` once on ``data[image_key]`` (the
-    whole image in HU, channel first ``(1, *spatial)``, after loading, orientation and any
-    resampling; before the intensity window and any augmentation) and stores the maps
-    ``(K, *spatial)`` float32 under ``maps_key``, with the image's affine and metadata when the
-    image is a ``MetaTensor``. It is deterministic, so a ``CacheDataset`` keeps its output and the
-    maps are made once per case; crops, flips and rotations after it must list ``maps_key``
-    among their keys (:func:`mosmoskit.data.augment.segmentation_train_transforms` does with
-    ``map_key``), intensity transforms must not.
-
-    The model is deep-copied onto ``device`` and frozen when the transform is built, so the
-    transform never depends on where (or whether) the segmenter it came from is trained, and a
-    data-loader worker process never touches a GPU.
-
-    Args:
-        model: the pre-trained model's image side (``MosmosSegmenter.map_model``, or
-            ``load_pretrained(...)[0]``).
-        pretrain_config: its pre-training config (``window``, ``image_size``, ``spatial_dims``).
-        image_key: the image, in HU.
-        maps_key: where the maps go.
-        normalize, scale_by_probability, fit: as :func:`~mosmoskit.pretraining.maps.whole_image_maps`.
-        device: where the maps are computed (default CPU).
-        copy_model: deep-copy the model (default); False uses it as given.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        pretrain_config: Any,
-        image_key: str = "image",
-        maps_key: str = "maps",
-        normalize: str = "max",
-        scale_by_probability: bool = True,
-        fit: str = "auto",
-        device: str = "cpu",
-        copy_model: bool = True,
-    ) -> None:
-        import copy
-
-        super().__init__((image_key,))
-        if maps_key == image_key:
-            raise ValueError(f"maps_key must differ from image_key, both are {image_key!r}")
-        if copy_model:
-            model = copy.deepcopy(model).to(device)
-            model.requires_grad_(False)
-        self.model = model.eval()
-        self.pretrain_config = pretrain_config
-        self.image_key, self.maps_key = image_key, maps_key
-        self.normalize, self.scale_by_probability, self.fit = normalize, bool(scale_by_probability), fit
-        self.device = device
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from mosmoskit.pretraining.maps import whole_image_maps
-
-        d = dict(data)
-        image = d[self.image_key]
-        if image.shape[0] != 1:
-            raise ValueError(f"sample[{self.image_key!r}] has {image.shape[0]} channels; the pre-trained maps are "
-                             f"made from single-channel images")
-        # A MetaTensor knows its voxel size: the maps are then made at the pre-training spacing.
-        spacing = tuple(float(v) for v in image.pixdim) if isinstance(image, MetaTensor) else None
-        maps, _ = whole_image_maps(self.model, _to_numpy(image)[0], self.pretrain_config, normalize=self.normalize,
-                                   scale_by_probability=self.scale_by_probability, fit=self.fit, device=self.device,
-                                   spacing=spacing)
-        if isinstance(image, MetaTensor):
-            import copy
-
-            maps = MetaTensor(maps, meta=copy.deepcopy(dict(image.meta)))  # the image's affine and source
-        d[self.maps_key] = maps
-        return d

@@ -300,13 +300,13 @@ def fusion_map_transform(model: Any, device: str = "cpu") -> Any:
         device: where the maps are made (a frozen CPU copy of the map branch by default).
 
     Returns:
-        A :class:`~mosmoskit.data.transforms.WholeImageMapsd` (key ``"maps"``) with a frozen copy
+        A :class:`~mosmoskit.pretraining.maps.WholeImageMapsd` (key ``"maps"``) with a frozen copy
         of ``model.map_model``, its pre-training config and its map settings, when the model
         fuses maps from a frozen map branch of its own (``model.precomputed_maps``); None
         otherwise (no fusion, a shared encoder, or ``tune_tag_head``: those make their maps in
         the network).
     """
-    from mosmoskit.data.transforms import WholeImageMapsd
+    from mosmoskit.pretraining.maps import WholeImageMapsd
 
     if not getattr(model, "precomputed_maps", False):
         return None

@@ -2,7 +2,7 @@
 
 :func:`whole_image_maps` is the one function that turns an image into the maps that fine-tuning
 fuses and that the viewer shows: the fine-tuning pipeline calls it once per training and
-validation case (:class:`~mosmoskit.data.transforms.WholeImageMapsd`, before any crop or
+validation case (:class:`WholeImageMapsd`, before any crop or
 augmentation), and :func:`mosmoskit.inference.predict_volume` / ``attention_maps_volume`` call it
 once per scan before the sliding window. Windows and crops then *carry* the maps as channels
 instead of recomputing them on a part of the image.
@@ -38,18 +38,22 @@ scale_by_probability=False) -> (maps (B, K, *spatial), logits (B, K))`` is calle
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
 from torch import nn
 
+from mosmoskit.data.transforms import resample_transform
 from mosmoskit.pretraining.data import window_intensity
 
-__all__ = ["MAP_FITS", "map_geometry", "map_memory_bytes", "whole_image_maps"]
+__all__ = ["MAP_FITS", "WholeImageMapsd", "map_geometry", "map_memory_bytes", "whole_image_maps"]
 
 #: How a whole image is brought to the pre-training ``image_size`` (see the module docstring).
 MAP_FITS: tuple[str, ...] = ("auto", "pad", "resize")
@@ -257,10 +261,6 @@ def _to_spacing(array: np.ndarray, spacing: Sequence[float], target: Sequence[fl
                 slices: bool) -> tuple[np.ndarray, Any]:
     """``array`` (HU, voxel size ``spacing``) resampled to ``target`` with the kit's MONAI resampling;
     also what :func:`_from_spacing` needs to go back."""
-    from monai.data import MetaTensor
-
-    from mosmoskit.data.transforms import resample_transform
-
     sizes = [float(v) for v in spacing][: array.ndim]
     if len(sizes) != array.ndim or min(sizes) <= 0:
         raise ValueError(f"spacing must give {array.ndim} positive voxel sizes for an image of shape {array.shape}, "
@@ -273,10 +273,6 @@ def _to_spacing(array: np.ndarray, spacing: Sequence[float], target: Sequence[fl
 
 def _from_spacing(maps: torch.Tensor, resampling: Any) -> torch.Tensor:
     """(K, *resampled grid) -> (K, *original grid) through the inverse of :func:`_to_spacing`'s resampling."""
-    import copy
-
-    from monai.data import MetaTensor
-
     transform, moved = resampling
     carried = MetaTensor(maps, meta=copy.deepcopy(moved.meta), applied_operations=copy.deepcopy(moved.applied_operations))
     back = transform.inverse({"image": carried})["image"]
@@ -286,3 +282,78 @@ def _from_spacing(maps: torch.Tensor, resampling: Any) -> torch.Tensor:
 def map_memory_bytes(num_tags: int, shape: Sequence[int]) -> int:
     """Bytes of the float32 maps of one image: ``4 * K * prod(shape)``."""
     return 4 * int(num_tags) * math.prod(int(s) for s in shape)
+
+
+class WholeImageMapsd(MapTransform):
+    """Dictionary transform: the pre-trained attention maps of the whole image, as K channels.
+
+    Calls :func:`mosmoskit.pretraining.maps.whole_image_maps` once on ``data[image_key]`` (the
+    whole image in HU, channel first ``(1, *spatial)``, after loading, orientation and any
+    resampling; before the intensity window and any augmentation) and stores the maps
+    ``(K, *spatial)`` float32 under ``maps_key``, with the image's affine and metadata when the
+    image is a ``MetaTensor``. It is deterministic, so a ``CacheDataset`` keeps its output and the
+    maps are made once per case; crops, flips and rotations after it must list ``maps_key``
+    among their keys (:func:`mosmoskit.data.augment.segmentation_train_transforms` does with
+    ``map_key``), intensity transforms must not.
+
+    The model is deep-copied onto ``device`` and frozen when the transform is built, so the
+    transform never depends on where (or whether) the segmenter it came from is trained, and a
+    data-loader worker process never touches a GPU.
+
+    Args:
+        model: the pre-trained model's image side (``MosmosSegmenter.map_model``, or
+            ``load_pretrained(...)[0]``).
+        pretrain_config: its pre-training config (``window``, ``image_size``, ``spatial_dims``).
+        image_key: the image, in HU.
+        maps_key: where the maps go.
+        normalize, scale_by_probability, fit: as :func:`~mosmoskit.pretraining.maps.whole_image_maps`.
+        device: where the maps are computed (default CPU).
+        copy_model: deep-copy the model (default); False uses it as given.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        pretrain_config: Any,
+        image_key: str = "image",
+        maps_key: str = "maps",
+        normalize: str = "max",
+        scale_by_probability: bool = True,
+        fit: str = "auto",
+        device: str = "cpu",
+        copy_model: bool = True,
+    ) -> None:
+        super().__init__((image_key,))
+        if maps_key == image_key:
+            raise ValueError(f"maps_key must differ from image_key, both are {image_key!r}")
+        if copy_model:
+            model = copy.deepcopy(model).to(device)
+            model.requires_grad_(False)
+        self.model = model.eval()
+        self.pretrain_config = pretrain_config
+        self.image_key, self.maps_key = image_key, maps_key
+        self.normalize, self.scale_by_probability, self.fit = normalize, bool(scale_by_probability), fit
+        self.device = device
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        if image.shape[0] != 1:
+            raise ValueError(f"sample[{self.image_key!r}] has {image.shape[0]} channels; the pre-trained maps are "
+                             f"made from single-channel images")
+        # A MetaTensor knows its voxel size: the maps are then made at the pre-training spacing.
+        spacing = tuple(float(v) for v in image.pixdim) if isinstance(image, MetaTensor) else None
+        maps, _ = whole_image_maps(self.model, _image_array(image), self.pretrain_config, normalize=self.normalize,
+                                   scale_by_probability=self.scale_by_probability, fit=self.fit, device=self.device,
+                                   spacing=spacing)
+        if isinstance(image, MetaTensor):
+            maps = MetaTensor(maps, meta=copy.deepcopy(dict(image.meta)))  # the image's affine and source
+        d[self.maps_key] = maps
+        return d
+
+
+def _image_array(image: Any) -> np.ndarray:
+    """The single channel of a (1, *spatial) image as a numpy array."""
+    if isinstance(image, torch.Tensor):
+        return image.detach().cpu().numpy()[0]
+    return np.asarray(image)[0]
